@@ -163,9 +163,7 @@ class ModelManifest:
         data = read_json(path, "model.json")
         m = _from_dict(cls, data, path, "model.json")
         if m.format != MODEL_FORMAT:
-            raise EdgeftError(
-                f"unsupported model format {m.format!r}", path=path, fix="retrain with this edgeft"
-            )
+            raise EdgeftError(f"unsupported model format {m.format!r}", path=path, fix="retrain with this edgeft")
         if not m.classes or len(set(m.classes)) != len(m.classes):
             raise EdgeftError("classes must be a non-empty list of unique names", path=path, fix="retrain")
         PreprocessSpec.from_dict(m.preprocess, path)
@@ -197,9 +195,7 @@ class BundleManifest:
     classes: list[str]
     preprocess: dict
     artifacts: list[dict]
-    input: dict = field(
-        default_factory=lambda: {"name": "input", "shape": [-1, 3, 224, 224], "dtype": "float32"}
-    )
+    input: dict = field(default_factory=lambda: {"name": "input", "shape": [-1, 3, 224, 224], "dtype": "float32"})
     output: dict = field(default_factory=lambda: {"name": "logits", "shape": [-1, 0], "dtype": "float32"})
     source: dict = field(default_factory=dict)  # {"run_dir", "weights_sha256", "backbone"}
     reference: str = "onnx-fp32"
@@ -229,9 +225,7 @@ class BundleManifest:
         data = read_json(path, "bundle.json")
         b = _from_dict(cls, data, path, "bundle.json")
         if b.format != BUNDLE_FORMAT:
-            raise EdgeftError(
-                f"unsupported bundle format {b.format!r}", path=path, fix="re-export the bundle"
-            )
+            raise EdgeftError(f"unsupported bundle format {b.format!r}", path=path, fix="re-export the bundle")
         PreprocessSpec.from_dict(b.preprocess, path)
         for a in b.artifacts:
             _from_dict(Artifact, a, path, "bundle.json artifact")

@@ -7,6 +7,7 @@ Normalize) for PIL input; tests prove it within 1e-5.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
 from pathlib import Path
@@ -59,9 +60,7 @@ def load_image(source: str | Path | bytes, name: str | None = None) -> Image.Ima
     try:
         data = source if isinstance(source, bytes) else Path(source).read_bytes()
     except OSError as exc:
-        raise ImageDecodeError(
-            f"cannot read file ({exc.strerror})", reason="unreadable", path=label
-        ) from None
+        raise ImageDecodeError(f"cannot read file ({exc.strerror})", reason="unreadable", path=label) from None
     if len(data) == 0:
         raise ImageDecodeError("file is empty (0 bytes)", reason="empty", path=label)
     try:
@@ -72,18 +71,14 @@ def load_image(source: str | Path | bytes, name: str | None = None) -> Image.Ima
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageDecodeError(f"image too large ({exc})", reason="decompression_bomb", path=label) from None
     except UnidentifiedImageError:
-        raise ImageDecodeError(
-            "not an image Pillow can identify", reason="not_an_image", path=label
-        ) from None
+        raise ImageDecodeError("not an image Pillow can identify", reason="not_an_image", path=label) from None
     except (OSError, SyntaxError, ValueError) as exc:
         reason = "truncated" if "truncated" in str(exc).lower() else "corrupt"
         raise ImageDecodeError(f"corrupt image data ({exc})", reason=reason, path=label) from None
     if img.width < 1 or img.height < 1:
         raise ImageDecodeError("image has no pixels", reason="empty", path=label)
-    try:
+    with contextlib.suppress(Exception):  # a broken EXIF block must not reject an otherwise valid image
         img = ImageOps.exif_transpose(img)
-    except Exception:  # a broken EXIF block must not reject an otherwise valid image
-        pass
     return to_rgb(img)
 
 
