@@ -1,0 +1,77 @@
+"""`edgeft data inspect`: class distribution, one sample per class, skipped files, near-duplicate groups."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+from edgeft.data.layouts import load_dataset
+from edgeft.manifest import write_json_atomic
+
+
+def inspect_dataset(
+    root: str | Path,
+    out: str | Path | None = None,
+    group_regex: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[dict, Path]:
+    ds = load_dataset(root, group_regex=group_regex, progress=progress)
+    out_dir = Path(out) if out else ds.root.parent / f"{ds.root.name}_inspect"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    counts = ds.counts()
+    classes = {}
+    for c in ds.classes:
+        sizes = Counter(r.group for r in ds.records if r.label == c)
+        classes[c] = {"images": counts[c], "groups": len(sizes), "largest_group": max(sizes.values())}
+    groups = Counter(r.group for r in ds.records)
+    dup_groups = {g: n for g, n in groups.items() if n > 1}
+    report = {
+        "root": str(ds.root),
+        "layout": ds.layout,
+        "group_source": ds.group_source,
+        "classes": classes,
+        "balance": min(counts.values()) / max(counts.values()),
+        "skipped": ds.skipped,
+        "duplicate_groups": len(dup_groups),
+        "images_in_duplicate_groups": sum(dup_groups.values()),
+        "duplicate_group_members": {
+            g: [r.path for r in ds.records if r.group == g]
+            for g in sorted(dup_groups, key=lambda g: -dup_groups[g])[:50]
+        },
+    }
+    _plots(ds, counts, out_dir)
+    write_json_atomic(out_dir / "inspect.json", report)
+    return report, out_dir
+
+
+def _plots(ds, counts: dict[str, int], out_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(counts)), 4))
+    ax.bar(range(len(counts)), list(counts.values()), color="steelblue")
+    ax.set_xticks(range(len(counts)), list(counts), rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("images")
+    ax.set_title("class distribution")
+    fig.tight_layout()
+    fig.savefig(out_dir / "class_distribution.png", dpi=100)
+    plt.close(fig)
+
+    cols = min(5, len(ds.classes))
+    rows = (len(ds.classes) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.6, rows * 2.3), squeeze=False)
+    for ax in axes.flatten():
+        ax.axis("off")
+    for ax, c in zip(axes.flatten(), ds.classes, strict=False):
+        rec = min((r for r in ds.records if r.label == c), key=lambda r: r.path)
+        with Image.open(ds.abspath(rec)) as im:
+            im.thumbnail((256, 256))
+            ax.imshow(im.convert("RGB"))
+        ax.set_title(c, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_dir / "samples.png", dpi=100)
+    plt.close(fig)

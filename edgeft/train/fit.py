@@ -1,0 +1,193 @@
+"""Fit loops: the head on cached features (phase 1), and end to end on images (phase 2 / from scratch).
+
+Flat, readable functions in the torchvision-references style: train_one_epoch, evaluate, fit.
+AdamW, cosine schedule, early stopping on val loss with the best weights restored.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from edgeft.manifest import PreprocessSpec
+from edgeft.runtime.preprocess import load_image, preprocess
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        from edgeft.errors import EdgeftError
+
+        raise EdgeftError(f"--device {device} asked, but CUDA is not available", fix="use --device cpu or auto")
+    return device
+
+
+@dataclass
+class FitConfig:
+    epochs: int = 30
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 64
+    patience: int = 6
+    label_smoothing: float = 0.05
+    device: str = "cpu"
+    seed: int = 0
+
+
+@dataclass
+class History:
+    epochs: list[dict] = field(default_factory=list)
+    best_epoch: int = 0
+    stopped_early: bool = False
+
+
+class ImageSet(Dataset):
+    """Images through the shared preprocessing; train mode adds seeded horizontal flips."""
+
+    def __init__(self, paths: Sequence[Path], labels: Sequence[int], spec: PreprocessSpec, augment: bool = False):
+        self.paths, self.labels, self.spec, self.augment = list(paths), list(labels), spec, augment
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        x = preprocess(load_image(self.paths[i]), self.spec)
+        if self.augment and torch.rand(()) < 0.5:
+            x = np.ascontiguousarray(x[:, :, ::-1])
+        return torch.from_numpy(x), self.labels[i]
+
+
+def train_one_epoch(model, loader, optimizer, scheduler, loss_fn, device, scaler=None) -> tuple[float, float]:
+    model.train()
+    _freeze_bn_of_frozen(model)
+    total, correct, loss_sum = 0, 0, 0.0
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with torch.autocast("cuda", enabled=scaler is not None):
+            logits = model(x)
+            loss = loss_fn(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        scheduler.step()
+        loss_sum += loss.item() * len(y)
+        correct += (logits.argmax(1) == y).sum().item()
+        total += len(y)
+    return loss_sum / max(1, total), correct / max(1, total)
+
+
+@torch.inference_mode()
+def evaluate(model, loader, loss_fn, device) -> tuple[float, float, np.ndarray]:
+    """(mean loss, accuracy, logits) over a loader, in eval mode."""
+    model.eval()
+    outs, ys = [], []
+    for x, y in loader:
+        outs.append(model(x.to(device)).float().cpu())
+        ys.append(y)
+    if not outs:
+        return float("nan"), float("nan"), np.zeros((0, 0), np.float32)
+    logits, y = torch.cat(outs), torch.cat(ys)
+    return loss_fn(logits, y).item(), (logits.argmax(1) == y).float().mean().item(), logits.numpy()
+
+
+def _freeze_bn_of_frozen(model: nn.Module) -> None:
+    """BatchNorm layers whose weights are frozen keep their running statistics (eval mode)."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
+            m.eval()
+
+
+def fit(
+    model: nn.Module,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    params: list[nn.Parameter],
+    cfg: FitConfig,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> History:
+    """Train `params` of `model`; keep the weights of the epoch with the lowest val loss."""
+    device = cfg.device
+    model.to(device)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = max(1, cfg.epochs * len(train_loader))
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=steps, pct_start=0.1)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    eval_loss = nn.CrossEntropyLoss()
+    scaler = torch.amp.GradScaler("cuda") if device.startswith("cuda") else None
+    history = History()
+    best_loss, best_state, bad = float("inf"), None, 0
+    for epoch in range(1, cfg.epochs + 1):
+        tr_loss, tr_acc = train_one_epoch(model, train_loader, optimizer, scheduler, loss_fn, device, scaler)
+        va_loss, va_acc, _ = evaluate(model, val_loader, eval_loss, device)
+        row = {"epoch": epoch, "train_loss": tr_loss, "train_acc": tr_acc, "val_loss": va_loss, "val_acc": va_acc}
+        history.epochs.append(row)
+        if on_epoch:
+            on_epoch(row)
+        if va_loss < best_loss - 1e-4:
+            best_loss, bad, history.best_epoch = va_loss, 0, epoch
+            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+        else:
+            bad += 1
+            if bad >= cfg.patience:
+                history.stopped_early = True
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return history
+
+
+def feature_loaders(
+    feats: dict[str, np.ndarray], labels: dict[str, np.ndarray], batch_size: int, seed: int
+) -> tuple[DataLoader, DataLoader]:
+    """Loaders over cached features: the whole head epoch is a few matrix multiplies."""
+    gen = torch.Generator().manual_seed(seed)
+    tr = TensorDataset(torch.from_numpy(feats["train"]), torch.from_numpy(labels["train"]))
+    va = TensorDataset(torch.from_numpy(feats["val"]), torch.from_numpy(labels["val"]))
+    return (
+        DataLoader(tr, batch_size=batch_size, shuffle=True, generator=gen),
+        DataLoader(va, batch_size=512),
+    )
+
+
+def image_loaders(
+    paths: dict[str, list[Path]], labels: dict[str, list[int]], spec: PreprocessSpec, batch_size: int, seed: int
+) -> tuple[DataLoader, DataLoader]:
+    gen = torch.Generator().manual_seed(seed)
+    tr = ImageSet(paths["train"], labels["train"], spec, augment=True)
+    va = ImageSet(paths["val"], labels["val"], spec)
+    return (
+        DataLoader(tr, batch_size=batch_size, shuffle=True, generator=gen, num_workers=0),
+        DataLoader(va, batch_size=batch_size, num_workers=0),
+    )
+
+
+def unfreeze_top_blocks(blocks: list[nn.Module], k: int) -> list[nn.Parameter]:
+    """Unfreeze the last k backbone blocks; returns their parameters."""
+    params: list[nn.Parameter] = []
+    for b in blocks[len(blocks) - k :] if k > 0 else []:
+        for p in b.parameters():
+            p.requires_grad_(True)
+            params.append(p)
+    return params
