@@ -233,3 +233,16 @@ def test_cli_errors_are_one_paragraph(tmp_path):
     assert r.returncode == 2
     assert "Traceback" not in r.stderr + r.stdout
     assert "dataset root does not exist" in r.stderr and "Fix:" in r.stderr
+
+
+def test_any_timm_backbone_from_local_file(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    ref = timm.create_model("resnet10t", pretrained=False)
+    save_file(ref.state_dict(), tmp_path / "r10t.safetensors")
+    bb = create_backbone("timm:resnet10t", tmp_path / "r10t.safetensors")
+    assert bb.arch == "timm:resnet10t" and bb.feature_dim == ref.num_features
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        assert torch.allclose(bb.module.eval()(x), ref.eval().forward_head(ref.forward_features(x), pre_logits=True))

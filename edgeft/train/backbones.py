@@ -177,15 +177,15 @@ def _timm_any(name: str, weights: Path | None) -> Backbone:
         _load_by_name(model, _load_state_file(weights), str(weights), skip_prefixes=_head_prefixes(model))
         source = str(weights)
     else:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never block on a download attempt
-        try:
-            model = timm.create_model(name, pretrained=True, num_classes=0)
-        except Exception as exc:
+        model = timm.create_model(name, pretrained=False, num_classes=0)
+        cached = _hf_cached_weights(getattr(model, "pretrained_cfg", {}) or {})
+        if cached is None:
             raise EdgeftError(
-                f"no local pretrained weights for timm model {name!r} ({type(exc).__name__})",
+                f"no local pretrained weights for timm model {name!r}",
                 fix=f"pass --backbone-weights PATH to a {name} state dict (.safetensors/.pth), or populate the "
-                "Hugging Face cache on a machine with network access",
-            ) from None
+                "Hugging Face cache on a machine with network access (edgeft never downloads)",
+            )
+        _load_by_name(model, _load_state_file(cached), str(cached), skip_prefixes=_head_prefixes(model))
         source = f"timm-cache:{name}"
     return Backbone(
         id=name,
@@ -196,6 +196,20 @@ def _timm_any(name: str, weights: Path | None) -> Backbone:
         source=source,
         blocks=_generic_timm_blocks(model),
     )
+
+
+def _hf_cached_weights(cfg: dict) -> Path | None:
+    """The weights file of a timm pretrained config if it is already in the local Hugging Face cache."""
+    repo = cfg.get("hf_hub_id")
+    if not repo:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        hit = try_to_load_from_cache(repo, filename)
+        if isinstance(hit, str) and Path(hit).is_file():
+            return Path(hit)
+    return None
 
 
 def _head_prefixes(model: nn.Module) -> tuple[str, ...]:
