@@ -223,3 +223,40 @@ def test_detect_layout_nested_kaggle_archive(tmp_path):
     _tree(inner / "Trout", {"Trout": 2})
     layout, root = detect_layout(tmp_path)
     assert layout == "fish" and root == inner
+
+
+def test_cli_data_synth_and_inspect(tmp_path):
+    from typer.testing import CliRunner
+
+    from edgeft.cli import app
+
+    runner = CliRunner()
+    r = runner.invoke(
+        app,
+        [
+            "data",
+            "synth",
+            "--out",
+            str(tmp_path / "s"),
+            "--per-class",
+            "6",
+            "--species",
+            "Trout,Shrimp",
+            "--width",
+            "128",
+            "--height",
+            "96",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert "SYNTHETIC" in r.output
+    root = tmp_path / "s" / "Fish_Dataset"
+    assert len(list((root / "Trout" / "Trout").glob("*.png"))) == 6
+    r = runner.invoke(app, ["data", "inspect", str(root), "--out", str(tmp_path / "rep")])
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "rep" / "inspect.json").read_text())
+    assert report["classes"]["Trout"]["images"] == 6 and report["balance"] == 1.0
+    truth = json.loads((root / "synth.json").read_text())["groups"]
+    assert report["duplicate_groups"] == sum(1 for g in set(truth.values()) if list(truth.values()).count(g) > 1)
+    for png in ("class_distribution.png", "samples.png"):
+        assert (tmp_path / "rep" / png).stat().st_size > 1000

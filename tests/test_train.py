@@ -246,3 +246,27 @@ def test_any_timm_backbone_from_local_file(tmp_path):
     x = torch.randn(1, 3, 64, 64)
     with torch.inference_mode():
         assert torch.allclose(bb.module.eval()(x), ref.eval().forward_head(ref.forward_features(x), pre_logits=True))
+
+
+def test_finetune_phase_unfreezes_top_blocks(synth_root, tiny_run, tmp_path):
+    from edgeft.train.run import TrainConfig, train
+
+    cfg = TrainConfig(
+        data=synth_root,
+        species=["Shrimp", "Trout"],
+        epochs=5,
+        finetune_epochs=1,
+        finetune_blocks=1,
+        out=tmp_path,
+        name="ft",
+    )
+    run = train(cfg, Console(quiet=True)).run_dir
+    model, m = load_run(run)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert m.finetune == {"epochs": 1, "blocks": 1} and m.backbone["frozen"] is False
+    assert len(metrics["phases"]["finetune"]["history"]) == 1
+    from edgeft.train.backbones import create_backbone as cb
+
+    base = cb().module.state_dict()
+    changed = {k.split(".")[0] for k, v in model.backbone.state_dict().items() if not torch.equal(v, base[k])}
+    assert changed == {"conv_head", "bn2"}  # only the top block moved; BN statistics of frozen blocks kept
