@@ -1,0 +1,106 @@
+"""OpenVINO IR artifacts: FP32, FP16, INT8 converted from the Q/DQ ONNX, and INT8 from NNCF post-training quantization."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import logging
+
+from edgeft.export.context import Built, ExportContext
+from edgeft.export.registry import ExportFormat, Runner, register
+
+DIR = "openvino"
+
+
+def unavailable() -> str | None:
+    return (
+        None if importlib.util.find_spec("openvino") else "the openvino package is not installed (pip install openvino)"
+    )
+
+
+def _save(ctx: ExportContext, model, stem: str, fp16: bool) -> tuple[str, list[str]]:
+    """Save an IR pair with edgeft metadata in rt_info; returns (xml, [bin]) relative to the bundle."""
+    import openvino as ov
+
+    for key, value in ctx.metadata.items():
+        model.set_rt_info(value, ["edgeft", key.removeprefix("edgeft.")])
+    (ctx.work / DIR).mkdir(exist_ok=True)
+    xml = f"{DIR}/{stem}.xml"
+    ov.save_model(model, str(ctx.work / xml), compress_to_fp16=fp16)
+    return xml, [f"{DIR}/{stem}.bin"]
+
+
+def _from_onnx(ctx: ExportContext, onnx_rel: str, name: str, precision: str, stem: str, fp16: bool, info: dict) -> None:
+    import openvino as ov
+
+    ctx.step(f"OpenVINO IR {name}")
+    xml, extra = _save(ctx, ov.convert_model(str(ctx.work / onnx_rel)), stem, fp16)
+    ctx.add(Built(name, "openvino", precision, xml, extra, {"source": onnx_rel, "openvino": ov.get_version(), **info}))
+
+
+def build(ctx: ExportContext) -> None:
+    _from_onnx(ctx, "model.onnx", "openvino-fp32", "fp32", "model.fp32", False, {"compress_to_fp16": False})
+    if ctx.options.fp16:
+        _from_onnx(ctx, "model.onnx", "openvino-fp16", "fp16", "model.fp16", True, {"compress_to_fp16": True})
+    if not ctx.options.int8:
+        return
+    qdq = ctx.get("onnx-int8")
+    if qdq is not None:
+        info = {
+            "quantizer": "onnxruntime Q/DQ -> OpenVINO FakeQuantize",
+            "calibration_key": qdq.info.get("calibration_key"),
+        }
+        _from_onnx(ctx, qdq.path, "openvino-int8-qdq", "int8", "model.int8-qdq", False, info)
+    build_nncf(ctx)
+
+
+def _nncf():
+    """nncf, or None after one clear line: a broken optional quantizer must not fail the export."""
+    if importlib.util.find_spec("nncf") is None:
+        return None, "nncf is not installed (pip install 'edgeft[quant]')"
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            import nncf
+    except Exception as exc:  # nncf pulls in torch/openvino extensions that can fail in many ways
+        return None, f"nncf failed to import ({type(exc).__name__}: {exc})"
+    return nncf, None
+
+
+def build_nncf(ctx: ExportContext) -> None:
+    """nncf.quantize on the FP32 IR over the calib tensors; with accuracy control, val-split guarded."""
+    nncf, why = _nncf()
+    if nncf is None:
+        ctx.note(f"openvino-int8 (NNCF): skipped ({why})")
+        return
+    import openvino as ov
+
+    from edgeft.calibration.nncf_quant import quantize_ir
+
+    cal = ctx.calibration_data()
+    fp32 = ctx.get("openvino-fp32")
+    val = ctx.val_set() if ctx.options.accuracy_control else None
+    if ctx.options.accuracy_control and val is None:
+        ctx.note("openvino-int8 (NNCF): the run has no val images, so accuracy control is off")
+    ctx.step("OpenVINO INT8 (NNCF" + (" with accuracy control)" if val is not None else ")"))
+    model = ov.Core().read_model(str(ctx.work / fp32.path))
+    quantized, info = quantize_ir(nncf, model, cal.tensors, val, ctx.options.max_drop)
+    xml, extra = _save(ctx, quantized, "model.int8", False)
+    info.update({"calibration_key": cal.key, "calibration_method": "nncf (min/max + fast bias correction)"})
+    ctx.add(Built("openvino-int8", "openvino", "int8", xml, extra, info))
+
+
+def runner(ctx: ExportContext, built: Built) -> Runner:
+    """Compiled on CPU as the runtime serves it (fp32 artifacts pinned to f32, not bf16)."""
+    import openvino as ov
+
+    config = {"PERFORMANCE_HINT": "LATENCY"}
+    if built.precision == "fp32":
+        config["INFERENCE_PRECISION_HINT"] = "f32"
+    logging.getLogger("openvino").setLevel(logging.ERROR)
+    compiled = ov.Core().compile_model(str(ctx.work / built.path), "CPU", config)
+    request, output = compiled.create_infer_request(), compiled.output(0)
+    return lambda x: request.infer({0: x})[output].copy()
+
+
+register(ExportFormat("openvino", "engine", unavailable, build, runner))
