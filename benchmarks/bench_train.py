@@ -44,7 +44,9 @@ def main() -> None:
     bb = create_backbone()
     wsha = weights_digest(bb.module)
     n_all = sum(len(v) for v in paths.values())
-    print(f"data: {n_all} images ({len(paths['train'])} train / {len(paths['val'])} val / {len(paths['test'])} test), 2 threads")
+    print(
+        f"data: {n_all} images ({len(paths['train'])} train / {len(paths['val'])} val / {len(paths['test'])} test), 2 threads"
+    )
 
     for engine in ("onnxruntime", "torch"):
         fx = FeatureExtractor(bb.module, bb.preprocess, wsha, bb.arch, engine=engine, cache_dir=tmp / f"cache-{engine}")
@@ -61,7 +63,9 @@ def main() -> None:
     feats = {s: torch.from_numpy(fx.extract(paths[s], shas[s])) for s in ("train", "val", "test")}
     head = MLPHead(bb.feature_dim, len(ds.classes), (256,), 0.3)
     gen = torch.Generator().manual_seed(0)
-    tl = DataLoader(TensorDataset(feats["train"], torch.from_numpy(labels["train"])), batch_size=64, shuffle=True, generator=gen)
+    tl = DataLoader(
+        TensorDataset(feats["train"], torch.from_numpy(labels["train"])), batch_size=64, shuffle=True, generator=gen
+    )
     vl = DataLoader(TensorDataset(feats["val"], torch.from_numpy(labels["val"])), batch_size=512)
     fit(head, tl, vl, list(head.parameters()), cfg)
     t_cached = time.perf_counter() - t0
@@ -75,7 +79,9 @@ def main() -> None:
     for p in model.backbone.parameters():
         p.requires_grad_(False)
     gen = torch.Generator().manual_seed(0)
-    tl = DataLoader(ImageSet(paths["train"], labels["train"].tolist(), bb.preprocess), batch_size=64, shuffle=True, generator=gen)
+    tl = DataLoader(
+        ImageSet(paths["train"], labels["train"].tolist(), bb.preprocess), batch_size=64, shuffle=True, generator=gen
+    )
     vl = DataLoader(ImageSet(paths["val"], labels["val"].tolist(), bb.preprocess), batch_size=64)
     t0 = time.perf_counter()
     fit(model, tl, vl, list(head2.parameters()), cfg)

@@ -108,7 +108,7 @@ def normalize(rgb_uint8: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
 
 def preprocess(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
     """RGB PIL image -> (3, S, S) float32 array ready for the model."""
-    return normalize(np.asarray(to_rgb(resize_crop(img, spec))), spec)
+    return normalize(np.asarray(resize_crop(to_rgb(img), spec)), spec)
 
 
 def preprocess_batch(images: list[Image.Image], spec: PreprocessSpec) -> np.ndarray:
