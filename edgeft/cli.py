@@ -48,6 +48,30 @@ def main() -> None:
 
         Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
         sys.exit(2)
+    except ModuleNotFoundError as exc:
+        extras = {
+            "torch": "train",
+            "torchvision": "train",
+            "timm": "train",
+            "sklearn": "train",
+            "matplotlib": "train",
+            "safetensors": "train",
+            "onnx": "train",
+            "nncf": "quant",
+            "fastapi": "serve",
+            "uvicorn": "serve",
+        }
+        top = (exc.name or "").split(".")[0]
+        if top not in extras:
+            raise
+        from rich.console import Console
+
+        Console(stderr=True).print(
+            f"[bold red]error:[/] this command needs {top}, which is not installed.\n"
+            f'Fix: pip install "edgeft[{extras[top]}]"',
+            highlight=False,
+        )
+        sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
 
