@@ -18,20 +18,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from edgeft.data.synth import FISH_SPECIES
 from edgeft.manifest import BundleManifest, ModelManifest, PreprocessSpec, sha256_file
 from edgeft.runtime.preprocess import preprocess
 
-CLASSES = [
-    "Black Sea Sprat",
-    "Gilt-Head Bream",
-    "Hourse Mackerel",
-    "Red Mullet",
-    "Red Sea Bream",
-    "Sea Bass",
-    "Shrimp",
-    "Striped Red Mullet",
-    "Trout",
-]
+CLASSES = list(FISH_SPECIES)
 SPEC = PreprocessSpec(input_size=32, resize_size=36)
 TEST_PER_CLASS = 4
 
