@@ -8,6 +8,7 @@ immediate, clear error, never a hanging download.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -111,15 +112,12 @@ def _timm_preprocess(model: nn.Module) -> PreprocessSpec:
     cfg = getattr(model, "pretrained_cfg", {}) or {}
     size = int(cfg.get("input_size", (3, 224, 224))[-1])
     crop_pct = float(cfg.get("crop_pct", 0.875))
-    import math
-
+    interp = cfg.get("interpolation")
     return PreprocessSpec(
         input_size=size,
         resize_size=int(math.floor(size / crop_pct)),
         crop="center",
-        interpolation=cfg.get("interpolation", "bicubic")
-        if cfg.get("interpolation") in ("bilinear", "bicubic", "nearest")
-        else "bicubic",
+        interpolation=interp if interp in ("bilinear", "bicubic", "nearest") else "bicubic",
         mean=tuple(cfg.get("mean", _IMAGENET_MEAN)),
         std=tuple(cfg.get("std", _IMAGENET_STD)),
     )

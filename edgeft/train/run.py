@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -312,8 +312,3 @@ def _versions() -> dict:
         "python": platform.python_version(),
         "numpy": np.__version__,
     }
-
-
-def config_dict(cfg: TrainConfig) -> dict:
-    d = asdict(cfg)
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
