@@ -2,10 +2,10 @@
 
     python benchmarks/bench_export.py BUNDLE_OR_RUN [--batches 1,8] [--seconds 2] [--rounds 3] [--json OUT]
 
-A run dir is exported first when it has no bundle yet. Engines are measured round-robin over several
-rounds and the median is reported, so a noisy neighbour slows every engine alike instead of one.
-ONNX Runtime runs one session with all physical cores; OpenVINO uses the THROUGHPUT hint with an
-AsyncInferQueue of its optimal number of requests (how edgeft's runtime serves it).
+A run dir is exported first when it has no bundle yet. Every model runs through `edgeft.engines`, the classes
+export's gate and serving use: torch eager (TorchEngine), ONNX Runtime with all physical cores, and OpenVINO
+with the THROUGHPUT hint fed one batch per parallel infer request. Engines are measured round-robin over
+several rounds and the median is reported, so a noisy neighbour slows every engine alike instead of one.
 """
 
 from __future__ import annotations
@@ -19,8 +19,22 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeft.manifest import BundleManifest
-from edgeft.runtime.backends import physical_cores
+from edgeft.core.manifests import BundleManifest
+from edgeft.core.progress import Reporter
+from edgeft.engines.base import Engine, physical_cores
+from edgeft.engines.onnxruntime import OnnxRuntimeEngine
+from edgeft.engines.openvino import OpenVinoEngine
+from edgeft.engines.torch import TorchEngine
+
+Rate = Callable[[np.ndarray, float], float]
+
+
+class _Print(Reporter):
+    def task(self, name: str, total: int | None = None) -> None:
+        print(f"  {name}", flush=True)
+
+    def note(self, text: str) -> None:
+        print(f"  note: {text}", flush=True)
 
 
 def _bundle_dir(path: Path) -> Path:
@@ -31,73 +45,45 @@ def _bundle_dir(path: Path) -> Path:
             from edgeft.export import build_bundle
 
             print(f"exporting {path} first ...", flush=True)
-            build_bundle(path, progress=lambda m: print(f"  {m}", flush=True))
+            build_bundle(path, reporter=_Print())
         return path / "bundle"
     raise SystemExit(f"{path}: neither a bundle (bundle.json) nor a run dir (model.json)")
 
 
-def _torch(bundle: BundleManifest, bundle_dir: Path, threads: int) -> Callable[[np.ndarray], None]:
-    import torch
+def _rate(engine: Engine, copies: int) -> Rate:
+    """Images per second of `engine` kept busy with `copies` batches per call, for `seconds`."""
 
-    from edgeft.train.model import load_run
-
-    torch.set_num_threads(threads)
-    run = Path(bundle.source["run_dir"])
-    model, _ = load_run(run if run.is_absolute() else bundle_dir / run)
-
-    def infer(x: np.ndarray) -> None:
-        with torch.inference_mode():
-            model(torch.from_numpy(x))
-
-    return infer
-
-
-def _ort(path: Path, threads: int) -> Callable[[np.ndarray], None]:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    return lambda x: sess.run(None, {"input": x})
-
-
-class _OvQueue:
-    """THROUGHPUT-hint compiled model fed through an AsyncInferQueue: several requests in flight."""
-
-    def __init__(self, xml: Path, precision: str, threads: int):
-        import openvino as ov
-
-        config = {"PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_NUM_THREADS": threads}
-        if precision == "fp32":
-            config["INFERENCE_PRECISION_HINT"] = "f32"
-        self.compiled = ov.Core().compile_model(str(xml), "CPU", config)
-        self.nireq = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-        self.queue = ov.AsyncInferQueue(self.compiled, self.nireq)
-
-    def run_for(self, x: np.ndarray, seconds: float) -> float:
-        """Images per second while keeping every request busy for `seconds`."""
-        done = [0]
-        self.queue.set_callback(lambda _req, _ud: done.__setitem__(0, done[0] + 1))
-        start = time.perf_counter()
+    def run(x: np.ndarray, seconds: float) -> float:
+        n, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds:
-            self.queue.start_async({0: x}, share_inputs=True)
-        self.queue.wait_all()
-        return done[0] * len(x) / (time.perf_counter() - start)
+            engine.infer_many([x] * copies)
+            n += copies * len(x)
+        return n / (time.perf_counter() - start)
+
+    return run
 
 
-def _sync_rate(fn: Callable[[np.ndarray], None], x: np.ndarray, seconds: float) -> float:
-    n, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        fn(x)
-        n += len(x)
-    return n / (time.perf_counter() - start)
+def _engines(bundle: BundleManifest, bundle_dir: Path, threads: int) -> dict[str, Rate]:
+    s, classes = bundle.preprocess.input_size, len(bundle.classes)
+    common = {"input_shape": (3, s, s), "num_outputs": classes}
+    run = Path(bundle.source.run_dir or "")
+    torch = TorchEngine(run if run.is_absolute() else bundle_dir / run, threads=threads, **common).load()
+    engines = {"torch eager fp32": _rate(torch, 1)}
+    for art in bundle.artifacts:
+        path = bundle_dir / art.path
+        if art.format == "onnx":
+            ort = OnnxRuntimeEngine(path, precision=art.precision, threads=threads, label=art.name, **common).load()
+            engines[f"ORT {art.name}"] = _rate(ort, 1)
+        elif art.format == "openvino":
+            ov = OpenVinoEngine(
+                path, precision=art.precision, hint="THROUGHPUT", threads=threads, label=art.name, **common
+            ).load()
+            engines[f"OpenVINO {art.name} (THROUGHPUT x{ov.nireq})"] = _rate(ov, ov.nireq)
+    return engines
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("path", type=Path, help="bundle dir or run dir")
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--seconds", type=float, default=2.0, help="measuring time per engine, batch and round")
@@ -110,19 +96,9 @@ def main() -> None:
     bundle = BundleManifest.load(bundle_dir)
     threads = args.threads or physical_cores()
     batches = [int(b) for b in args.batches.split(",")]
-    s = bundle.preprocess_spec.input_size
+    s = bundle.preprocess.input_size
     inputs = {b: np.random.default_rng(0).standard_normal((b, 3, s, s)).astype(np.float32) for b in batches}
-
-    engines: dict[str, Callable[[np.ndarray, float], float]] = {}
-    torch_fn = _torch(bundle, bundle_dir, threads)
-    engines["torch eager fp32"] = lambda x, sec: _sync_rate(torch_fn, x, sec)
-    for art in bundle.artifact_list():
-        if art.format == "onnx":
-            fn = _ort(bundle_dir / art.path, threads)
-            engines[f"ORT {art.name}"] = lambda x, sec, fn=fn: _sync_rate(fn, x, sec)
-        elif art.format == "openvino":
-            q = _OvQueue(bundle_dir / art.path, art.precision, threads)
-            engines[f"OpenVINO {art.name} (THROUGHPUT x{q.nireq})"] = q.run_for
+    engines = _engines(bundle, bundle_dir, threads)
     for run in engines.values():  # warm-up: first calls compile kernels and fill caches
         for b in batches:
             run(inputs[b], 0.3)

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeft.runtime.serve.model import open_model, to_tensor
-from edgeft.runtime.serve.outputs import JsonlSink
-from edgeft.runtime.serve.sources import LiveCaptureSource, PacedCapture, ReconnectPolicy
-from edgeft.runtime.serve.stream import StreamRunner
+from edgeft.engines.select import open_bundle
+from edgeft.serve.outputs import JsonlSink
+from edgeft.serve.predictor import Predictor
+from edgeft.serve.sources import LiveCaptureSource, PacedCapture, ReconnectPolicy
+from edgeft.serve.stream import StreamRunner
 
 
 def make_video(path: Path, n: int, fps: float, size: tuple[int, int], seed: int = 0) -> str:
@@ -49,7 +50,25 @@ def make_video(path: Path, n: int, fps: float, size: tuple[int, int], seed: int 
     raise SystemExit("this OpenCV can write neither FFV1 nor MJPG")
 
 
-def single_frame_ms(model, video: Path, repeats: int = 50) -> tuple[float, float]:
+class Slowed:
+    """An engine that takes `extra_ms` longer per call (a model slower than the camera)."""
+
+    def __init__(self, engine, extra_ms: float) -> None:
+        self.engine, self.extra_s = engine, extra_ms / 1000.0
+        self.precision = engine.precision
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        time.sleep(self.extra_s)
+        return self.engine.infer(x)
+
+    def describe(self) -> str:
+        return f"{self.engine.describe()} +{self.extra_s * 1000:g} ms"
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+def single_frame_ms(predictor: Predictor, video: Path, repeats: int = 50) -> tuple[float, float]:
     """Median ms of one frame processed alone: (BGR->RGB + preprocess + infer, infer only)."""
     import cv2
 
@@ -61,9 +80,9 @@ def single_frame_ms(model, video: Path, repeats: int = 50) -> tuple[float, float
     full, infer = [], []
     for i in range(repeats + 5):
         t0 = time.perf_counter()
-        x = to_tensor(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), model.spec)[None]
+        x = predictor.prepare(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))[None]
         t1 = time.perf_counter()
-        model.infer(x)
+        predictor.infer(x)
         t2 = time.perf_counter()
         if i >= 5:
             full.append((t2 - t0) * 1000.0)
@@ -79,7 +98,6 @@ def main() -> None:
     ap.add_argument("--size", default="640x480", help="frame size WxH")
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--precision", default="fp32")
-    ap.add_argument("--hint", default="LATENCY", help="OpenVINO performance hint (the live path runs batch 1)")
     ap.add_argument(
         "--extra-ms",
         type=float,
@@ -91,21 +109,16 @@ def main() -> None:
     w, h = (int(v) for v in args.size.lower().split("x"))
     n = max(10, int(round(args.seconds * args.fps)))
 
+    engine = open_bundle(args.bundle, args.backend, args.precision, batch_size=1)  # batch 1: OpenVINO LATENCY
+    if args.extra_ms > 0:
+        engine = Slowed(engine, args.extra_ms)
     with (
         tempfile.TemporaryDirectory(prefix="bench-serve-camera-") as tmp,
-        open_model(args.bundle, args.backend, args.precision, batch_size=1, hint=args.hint) as real,
+        Predictor.from_engine(engine, args.bundle, batch_size=1) as predictor,
     ):
-        model = real
-        if args.extra_ms > 0:
-
-            def slow(x: np.ndarray) -> np.ndarray:
-                time.sleep(args.extra_ms / 1000.0)
-                return real.infer(x)
-
-            model = real.with_infer(slow, backend=f"{real.backend} +{args.extra_ms:g} ms")
         video = Path(tmp) / "clip.avi"
         fourcc = make_video(video, n, args.fps, (w, h))
-        single_ms, infer_ms = single_frame_ms(model, video)
+        single_ms, infer_ms = single_frame_ms(predictor, video)
 
         import cv2
 
@@ -118,10 +131,9 @@ def main() -> None:
         )
         sink = JsonlSink(Path(tmp) / "out.jsonl")
         runner = StreamRunner(
-            model,
+            predictor,
             source.start(),
             sink,
-            batch_size=1,
             status_every_s=0,
             keep_latencies=True,
             on_record=lambda _f, _r: depths.append(source.depth),
@@ -134,7 +146,7 @@ def main() -> None:
     lat = np.asarray(report.latencies_ms)
     p50, p99 = (float(np.percentile(lat, q)) for q in (50, 99)) if lat.size else (float("nan"),) * 2
     ratio = p99 / single_ms if single_ms > 0 else float("inf")
-    print(f"bundle:            {args.bundle} ({model.backend})")
+    print(f"bundle:            {args.bundle} ({predictor.describe()})")
     print(
         f"video:             {n} frames {w}x{h} @ {args.fps:g} fps ({fourcc}), replayed at real time for {wall:.1f} s"
     )

@@ -23,6 +23,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from edgeft.serve.schema import PredictResponse
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -123,6 +125,8 @@ def main() -> None:
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     try:
         health = wait_healthy(url, proc)
+        first = httpx.post(f"{url}/predict", content=images[0], headers={"content-type": "image/jpeg"}, timeout=30.0)
+        PredictResponse.model_validate(first.json())  # the server answers in THE Prediction schema
         statuses: Counter[int] = Counter()
         latencies: list[float] = []
         lock = threading.Lock()

@@ -20,10 +20,10 @@ from torch.utils.data import DataLoader, TensorDataset
 from edgeft.data.layouts import load_dataset
 from edgeft.data.splits import assign_splits
 from edgeft.data.synth import generate_dataset
-from edgeft.train.backbones import create_backbone, weights_digest
+from edgeft.models.backbones import create_backbone, weights_digest
+from edgeft.models.classifier import Classifier, MLPHead
 from edgeft.train.features import FeatureExtractor
 from edgeft.train.fit import FitConfig, ImageSet, fit, seed_everything
-from edgeft.train.model import Classifier, MLPHead
 
 
 def main() -> None:

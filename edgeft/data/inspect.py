@@ -6,8 +6,8 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+from edgeft.core.files import write_json_atomic
 from edgeft.data.layouts import load_dataset
-from edgeft.manifest import write_json_atomic
 
 
 def inspect_dataset(

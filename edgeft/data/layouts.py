@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeft.core.errors import EdgeftError, ImageDecodeError
+from edgeft.core.hashing import sha256_bytes
+from edgeft.core.preprocess import load_image
 from edgeft.data.dedup import dihedral_hashes, disc_hashes, near_duplicate_groups
-from edgeft.errors import EdgeftError
-from edgeft.manifest import sha256_bytes
-from edgeft.runtime.preprocess import ImageDecodeError, load_image
 
 LAYOUT_HELP = (
     "expected one of: Fish_Dataset/<Species>/<Species>/*.png (the Large-Scale Fish Dataset), "
@@ -122,7 +122,7 @@ def _candidates(layout: str, root: Path) -> list[tuple[Path, str, str | None]]:
     return out
 
 
-def _scan_one(path: Path):
+def _scan_one(path: Path, descriptors: bool = True):
     """Open the image once: validate, hash the bytes, compute the near-duplicate descriptors."""
     try:
         data = path.read_bytes()
@@ -132,6 +132,8 @@ def _scan_one(path: Path):
         img = load_image(data, name=str(path))
     except ImageDecodeError as exc:
         return path, None, f"{exc.reason}: {exc.message}"
+    if not descriptors:
+        return path, (sha256_bytes(data), None, None, img.size), None
     return path, (sha256_bytes(data), dihedral_hashes(img), disc_hashes(img), img.size), None
 
 
@@ -141,8 +143,12 @@ def load_dataset(
     group_regex: str | None = None,
     progress: Callable[[int, int], None] | None = None,
     workers: int = 2,
+    grouping: str = "auto",
 ) -> Dataset:
-    """Find, validate and group every image of a dataset tree. Bad files are skipped and reported."""
+    """Find, validate and group every image of a dataset tree. Bad files are skipped and reported.
+
+    grouping: "auto" (near-duplicates, or group_regex when given) or "none" (every image its own group).
+    """
     layout, root = detect_layout(Path(root).expanduser().resolve())
     cands = _candidates(layout, root)
     available = sorted({c for _, c, _ in cands} | _class_dirs(layout, root))
@@ -167,7 +173,9 @@ def load_dataset(
     skipped: list[dict] = []
     feats: dict[str, tuple] = {}
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for i, (path, result, error) in enumerate(pool.map(_scan_one, [c[0] for c in cands])):
+        describe = grouping != "none" and pattern is None
+        scan = [(c[0], describe) for c in cands]
+        for i, (path, result, error) in enumerate(pool.map(lambda a: _scan_one(*a), scan)):
             _, label, split = cands[i]
             rel = path.relative_to(root).as_posix()
             if error:
@@ -187,6 +195,10 @@ def load_dataset(
         raise EdgeftError(
             f"class(es) {empty} have no valid images", path=root, fix=f"add images or drop the class; {LAYOUT_HELP}"
         )
+    if grouping == "none":
+        for r in records:
+            r.group = f"{r.label}/{r.path}"
+        return Dataset(root, layout, classes, records, skipped, "none")
     _assign_groups(records, feats, pattern)
     return Dataset(root, layout, classes, records, skipped, "regex" if pattern else "perceptual-hash")
 

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
+from edgeft.core.errors import EdgeftError
+from edgeft.core.manifests import SPLITS, SplitItem, SplitsDoc
 from edgeft.data.layouts import Dataset, Record
-from edgeft.errors import EdgeftError
-from edgeft.manifest import read_json, write_json_atomic
-
-SPLITS = ("train", "val", "calib", "test")
 
 
 @dataclass(frozen=True)
@@ -74,37 +71,21 @@ def assign_splits(ds: Dataset, seed: int = 0, fractions: SplitFractions | None =
     return result
 
 
-def write_splits(ds: Dataset, assignment: dict[str, str], seed: int, path: Path) -> dict:
+def splits_doc(ds: Dataset, assignment: dict[str, str], seed: int) -> SplitsDoc:
+    """The splits.json document of an assignment (write it with `.save(run_dir)`)."""
     items = [
-        {"path": r.path, "label": r.label, "split": assignment[r.path], "sha256": r.sha256, "group": r.group}
+        SplitItem(path=r.path, label=r.label, split=assignment[r.path], sha256=r.sha256, group=r.group)
         for r in sorted(ds.records, key=lambda r: (r.label, r.path))
     ]
-    counts = {s: {c: 0 for c in ds.classes} for s in SPLITS}
+    counts = {s: dict.fromkeys(ds.classes, 0) for s in SPLITS}
     for it in items:
-        counts[it["split"]][it["label"]] += 1
-    doc = {
-        "seed": seed,
-        "root": str(ds.root),
-        "layout": ds.layout,
-        "classes": ds.classes,
-        "group_source": ds.group_source,
-        "counts": counts,
-        "items": items,
-    }
-    write_json_atomic(path, doc)
-    return doc
-
-
-def read_splits(run_dir: Path) -> dict:
-    doc = read_json(Path(run_dir) / "splits.json", "splits.json")
-    if not isinstance(doc.get("items"), list) or "root" not in doc:
-        raise EdgeftError(
-            "splits.json lacks items/root", path=Path(run_dir) / "splits.json", fix="re-run `edgeft train`"
-        )
-    return doc
-
-
-def split_items(doc: dict, split: str) -> list[tuple[Path, str]]:
-    """(absolute path, label) for one split of a splits.json document."""
-    root = Path(doc["root"])
-    return [(root / it["path"], it["label"]) for it in doc["items"] if it["split"] == split]
+        counts[it.split][it.label] += 1
+    return SplitsDoc(
+        seed=seed,
+        root=str(ds.root),
+        layout=ds.layout,
+        classes=list(ds.classes),
+        group_source=ds.group_source,
+        counts=counts,
+        items=items,
+    )

@@ -1,31 +1,48 @@
-"""`build_bundle`: run dir -> bundle dir, built in a temp dir next to the output and renamed into place at the end.
+"""`build_bundle`: run dir -> bundle dir, built in a hidden sibling (`core.files.staged_dir`) and swapped in at the end.
 
 Every input problem is found before any heavy work; a failed export leaves the previous bundle (if any)
-untouched and no half-written one. Artifacts that miss parity or lose more than max_drop points of test
-accuracy are moved to rejected/ and left out of bundle.json, so the runtime can never pick them.
+untouched and no half-written one. Every artifact is run through `edgeft.engines` and judged by THE gate
+against the run's torch model; one that fails moves to rejected/ and stays out of bundle.json, so the runtime
+can never pick it. A FP32 ONNX that does not reproduce torch fails the whole export.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-import numpy as np
-
 from edgeft import __version__
-from edgeft.errors import EdgeftError
-from edgeft.export.context import Built, EvalSet, ExportContext, ExportOptions, load_eval_set
-from edgeft.export.errors import ExportRefusedError
-from edgeft.export.evaluate import Row, evaluate, reference_row, run_batches
-from edgeft.manifest import BundleManifest, ModelManifest, sha256_file, write_json_atomic
+from edgeft.check.gate import Gate
+from edgeft.core.errors import EdgeftError
+from edgeft.core.files import staged_dir
+from edgeft.core.hashing import classes_sha256, sha256_file
+from edgeft.core.manifests import (
+    BundleManifest,
+    BundleSource,
+    CalibrationDoc,
+    ModelManifest,
+    SplitsDoc,
+    TensorSpec,
+)
+from edgeft.core.progress import Reporter, or_silent
+from edgeft.core.reports import ExportReport, ExportRow
+from edgeft.data.evalsets import from_splits
+from edgeft.engines.base import Engine
+from edgeft.engines.torch import TorchEngine
+from edgeft.export.calibration import METHODS
+from edgeft.export.context import Built, ExportContext, ExportOptions, Judging
+from edgeft.export.errors import ExportParityError, ExportRefusedError
+from edgeft.export.evaluate import EVAL_BATCH, judge, reference_row
+from edgeft.export.onnx_int8 import FP32_FILE
+from edgeft.export.registry import ExportFormat, resolve
+from edgeft.models.onnx import INPUT_NAME, OUTPUT_NAME, export_onnx, metadata
 
 REPORT_FILE = "export_report.json"
+REJECTED_DIR = "rejected"
 ARTIFACT_ORDER = (
     "onnx-fp32",
     "onnx-int8",
@@ -41,23 +58,36 @@ ARTIFACT_ORDER = (
 
 @dataclass
 class ExportResult:
-    """What `build_bundle` produced: rows[0] is the PyTorch reference; `failed` names rejected artifacts."""
+    """What `build_bundle` produced: the written bundle.json and export_report.json, as typed documents."""
 
     bundle_dir: Path
-    rows: list[Row]
-    failed: list[str]
-    notes: list[str] = field(default_factory=list)
-    calibration: dict | None = None
+    bundle: BundleManifest
+    report: ExportReport
+    calibration: CalibrationDoc | None = None
+
+    @property
+    def rows(self) -> list[ExportRow]:
+        """rows[0] is the torch reference; then every artifact built, accepted or rejected."""
+        return self.report.rows
+
+    @property
+    def failed(self) -> dict[str, str]:
+        """Rejected artifacts and formats that failed to build, with the reason."""
+        return self.report.failed
+
+    @property
+    def notes(self) -> list[str]:
+        return self.report.notes
 
     @property
     def ok(self) -> bool:
         return not self.failed
 
-    def row(self, artifact: str) -> Row:
+    def row(self, artifact: str) -> ExportRow:
         return next(r for r in self.rows if r.artifact == artifact)
 
 
-def _versions() -> dict:
+def _versions() -> dict[str, str]:
     out = {"edgeft": __version__}
     for pkg in ("torch", "timm", "onnx", "onnxruntime", "openvino", "nncf", "tensorrt"):
         with contextlib.suppress(PackageNotFoundError):
@@ -65,10 +95,15 @@ def _versions() -> dict:
     return out
 
 
-def _check_run(run_dir: Path) -> tuple[ModelManifest, dict, str]:
-    """Cheap checks first (manifest, weights file, splits.json), so bad input fails before any model is built."""
-    from edgeft.data.splits import read_splits
+def _check_options(o: ExportOptions) -> None:
+    if o.calib_method not in METHODS:
+        raise EdgeftError(f"unknown --calib-method {o.calib_method!r}", fix=f"use one of {list(METHODS)}")
+    if o.calib_size < 1 or not o.max_drop >= 0:
+        raise EdgeftError("--calib-size must be >= 1 and --max-drop >= 0", fix="fix the option values")
 
+
+def _check_run(run_dir: Path, int8: bool) -> tuple[ModelManifest, SplitsDoc, str]:
+    """Cheap checks first (manifest, weights file, splits.json), so bad input fails before any model is built."""
     if not run_dir.is_dir():
         raise EdgeftError("run dir not found", path=run_dir, fix="pass a run dir written by `edgeft train`")
     if not (run_dir / "model.json").is_file():
@@ -78,34 +113,27 @@ def _check_run(run_dir: Path) -> tuple[ModelManifest, dict, str]:
             fix="pass a run dir written by `edgeft train`, or re-run training",
         )
     manifest = ModelManifest.load(run_dir)
-    weights = run_dir / manifest.weights.get("file", "model.safetensors")
+    weights = run_dir / manifest.weights.file
     if not weights.is_file():
         raise EdgeftError("weights file is missing (half-written run?)", path=weights, fix="re-run `edgeft train`")
-    splits = read_splits(run_dir)
-    bad = sorted({str(it.get("label")) for it in splits["items"]} - set(manifest.classes))
+    splits = SplitsDoc.load(run_dir)
+    bad = sorted({it.label for it in splits.items} - set(manifest.classes))
     if bad:
         raise EdgeftError(
             f"splits.json has labels {bad} that model.json does not list",
             path=run_dir / "splits.json",
             fix="re-run `edgeft train`; splits.json and model.json come from different runs",
         )
+    if int8 and not splits.of("calib"):
+        raise EdgeftError(
+            "the run's calib split is empty: there is nothing to calibrate INT8 with",
+            path=run_dir / "splits.json",
+            fix="re-run `edgeft train` with a calib fraction > 0, or export with --no-int8",
+        )
     return manifest, splits, sha256_file(weights)
 
 
-def _eval_split(splits: dict, manifest, notes: list[str]) -> EvalSet:
-    for split in ("test", "val"):
-        es = load_eval_set(splits, split, list(manifest.classes), manifest.preprocess_spec)
-        if len(es.y):
-            if split != "test":
-                notes.append("the run has no test images: accuracy and parity are measured on the val split")
-            return es
-    raise EdgeftError(
-        "the run has no test (or val) images to check the exported models on",
-        fix="re-run `edgeft train` with a test split",
-    )
-
-
-def _check_out(out: Path, run_dir: Path, weights_sha: str, force: bool) -> None:
+def check_out(out: Path, run_dir: Path, weights_sha: str, force: bool) -> None:
     """Refuse to replace anything but this model's own bundle unless --force; never the run dir itself."""
     if out == run_dir or run_dir.is_relative_to(out):
         raise ExportRefusedError(
@@ -127,83 +155,156 @@ def _check_out(out: Path, run_dir: Path, weights_sha: str, force: bool) -> None:
             path=out,
             fix="pick an empty or new --out, or pass --force to replace its contents",
         ) from None
-    old_sha = old.source.get("weights_sha256")
+    old_sha = old.source.weights_sha256
     if old_sha != weights_sha:
         raise ExportRefusedError(
-            f"the output dir holds the bundle of another model (weights {str(old_sha)[:12]}..., "
-            f"this run {weights_sha[:12]}...)",
+            f"the output dir holds the bundle of another model (weights {old_sha[:12]}..., this run {weights_sha[:12]}...)",
             path=out / "bundle.json",
             fix="pick another --out, or pass --force to replace it",
         )
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _judging(
+    run_dir: Path,
+    manifest: ModelManifest,
+    splits: SplitsDoc,
+    reference: Engine,
+    gate: Gate,
+    note: Callable[[str], None],
+    rep: Reporter,
+) -> Judging:
+    """The test split (val when the run has no test images), preprocessed once, and torch's logits on it."""
+    classes = list(manifest.classes)
+    for split in ("test", "val"):
+        evalset = from_splits(splits, split, classes, f"{split} split of {run_dir / 'splits.json'}")
+        if len(evalset):
+            break
+    else:
+        raise EdgeftError(
+            "the run has no test (or val) images to check the exported models on",
+            path=run_dir / "splits.json",
+            fix="re-run `edgeft train` with a test split",
+        )
+    if split != "test":
+        note("the run has no test images: accuracy and agreement are measured on the val split")
+    rep.task(f"preprocess the {split} images", len(evalset))
+    x, kept = evalset.load(manifest.preprocess, rep.advance)
+    if not len(kept):
+        raise EdgeftError(
+            f"none of the {len(evalset)} {split} images could be read (e.g. {kept.skipped[0]['source']})",
+            path=run_dir / "splits.json",
+            fix="restore the dataset at the path recorded in splits.json (its 'root')",
+        )
+    if kept.skipped:
+        note(f"{len(kept.skipped)} {split} image(s) could not be read and are left out of the gate")
+    rep.task(f"PyTorch reference on {len(kept)} {split} images", len(kept))
+    logits = reference.run(x, EVAL_BATCH, rep.advance)
+    return Judging(split, kept, x, kept.label_indices(classes), logits, gate)
 
 
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Swap the finished temp dir into place; the old bundle is removed only after the new one is in."""
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, old / out.name)
+def _metadata(manifest: ModelManifest, weights_sha: str) -> dict[str, str]:
+    classes = list(manifest.classes)
+    return metadata(manifest.name, classes, manifest.preprocess.to_dict(), weights_sha, classes_sha256(classes))
+
+
+def _export_fp32(ctx: ExportContext) -> ExportRow:
+    """THE exporter writes model.onnx; the gate then judges it against torch on every judging image."""
+    ctx.step("ONNX FP32 export")
     try:
-        os.replace(tmp, out)
-    except BaseException:
-        if old is not None:
-            os.replace(old / out.name, out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        info = export_onnx(ctx.model, ctx.spec.input_size, ctx.work / FP32_FILE, ctx.metadata)
+    except EdgeftError as exc:
+        raise ExportParityError(
+            f"the FP32 ONNX export of this run failed: {exc.message}", path=ctx.run_dir, fix=exc.fix
+        ) from None
+    row = judge(ctx, ctx.add(Built("onnx-fp32", "onnx", "fp32", FP32_FILE, info=info)))
+    if row.status != "ok":
+        raise ExportParityError(
+            f"the FP32 ONNX disagrees with PyTorch on the {ctx.judging.split} images: {row.reason}",
+            path=ctx.run_dir,
+            fix="report this with the run dir; no bundle was written",
+        )
+    return row
 
 
-def _torch_logits(model, x: np.ndarray) -> np.ndarray:
-    import torch
-
-    with torch.inference_mode():
-        return run_batches(lambda b: model(torch.from_numpy(b)).float().numpy(), x)
+def _build_formats(ctx: ExportContext, formats: list[ExportFormat], failed: dict[str, str]) -> None:
+    """Build each format; an optional one that fails is recorded, not fatal."""
+    for fmt in formats:
+        try:
+            fmt.build(ctx)
+        except Exception as exc:  # an optional engine's converter can raise anything; the others still ship
+            if fmt.always:
+                raise
+            why = exc.message if isinstance(exc, EdgeftError) else f"{type(exc).__name__}: {exc}"
+            failed[fmt.name] = f"build failed: {why}"
+            ctx.note(f"{fmt.name}: build failed ({why})")
 
 
 def _reject(ctx: ExportContext, built: Built) -> None:
     """Move a rejected artifact's files to rejected/ so it cannot be served but can still be inspected."""
     for rel in built.files():
-        src, dst = ctx.work / rel, ctx.work / "rejected" / rel
+        src, dst = ctx.work / rel, ctx.work / REJECTED_DIR / rel
         if src.is_file():
             dst.parent.mkdir(parents=True, exist_ok=True)
             os.replace(src, dst)
 
 
-def _build_engines(ctx: ExportContext, engines, failed: dict[str, str]) -> None:
-    for fmt in engines:
-        try:
-            fmt.build(ctx)
-        except EdgeftError as exc:
-            if fmt.always:
-                raise
-            failed[fmt.name] = exc.message
-            ctx.note(f"{fmt.name}: build failed ({exc.message})")
+def _order(built: Built) -> int:
+    return ARTIFACT_ORDER.index(built.name) if built.name in ARTIFACT_ORDER else len(ARTIFACT_ORDER)
 
 
-def _evaluate_all(ctx: ExportContext, runners: dict, failed: dict[str, str]) -> list[Row]:
-    rows = []
-    for built in sorted(ctx.built, key=lambda b: ARTIFACT_ORDER.index(b.name) if b.name in ARTIFACT_ORDER else 99):
-        ctx.step(f"evaluate {built.name} on {len(ctx.test.y)} {ctx.test.split} images")
-        try:
-            row = evaluate(ctx, built, None if built.name in ctx.logits else runners[built.format](ctx, built))
-        except EdgeftError as exc:
-            nan = float("nan")
-            size = built.size_bytes(ctx.work) / 1e6
-            row = Row(built.name, built.format, built.precision, built.path, size, nan, nan, nan, nan, "rejected")
-            row.reason = f"cannot run: {exc.message}"
-        rows.append(row)
+def _judge_all(ctx: ExportContext, rows: dict[str, ExportRow], failed: dict[str, str]) -> None:
+    """Judge every artifact not judged yet; accepted ones go to ctx.accepted, rejected ones to rejected/."""
+    for built in sorted(ctx.built, key=_order):
+        row = rows.get(built.name) or judge(ctx, built)
+        rows[built.name] = row
         if row.status == "rejected":
             failed[built.name] = row.reason
             _reject(ctx, built)
         else:
             ctx.accepted.append(built)
-    return rows
+
+
+def _bundle_manifest(ctx: ExportContext, rows: dict[str, ExportRow]) -> BundleManifest:
+    """bundle.json: the accepted artifacts only, each with the gate record it passed."""
+    m, s = ctx.manifest, ctx.spec.input_size
+    return BundleManifest(
+        name=m.name,
+        classes=ctx.classes,
+        preprocess=m.preprocess,
+        calibration=m.calibration,
+        artifacts=[b.to_artifact(ctx.work, rows[b.name].gate) for b in ctx.accepted],
+        input=TensorSpec(name=INPUT_NAME, shape=[-1, 3, s, s]),
+        output=TensorSpec(name=OUTPUT_NAME, shape=[-1, len(ctx.classes)]),
+        source=BundleSource(
+            run_dir=str(ctx.run_dir),
+            weights_sha256=ctx.weights_sha256,
+            model_json_sha256=sha256_file(ctx.run_dir / "model.json"),
+            backbone=m.backbone.id,
+        ),
+        reference="onnx-fp32",
+        versions=_versions(),
+    )
+
+
+def _report(ctx: ExportContext, out: Path, rows: list[ExportRow], failed: dict[str, str]) -> ExportReport:
+    """export_report.json: every row (rejected ones included), the gate settings, notes and calibration summary."""
+    cal = ctx.calibration.doc if ctx.calibration is not None else None
+    return ExportReport(
+        bundle_dir=str(out),
+        run_dir=str(ctx.run_dir),
+        eval_split=ctx.judging.split,
+        eval_images=len(ctx.judging.x),
+        options=asdict(ctx.options),
+        gate=ctx.judging.gate.settings(),
+        rows=rows,
+        failed=failed,
+        notes=ctx.notes,
+        packages=ctx.packages,
+        artifact_info={b.name: b.info for b in sorted(ctx.built, key=_order)},
+        calibration=None
+        if cal is None
+        else cal.model_dump(mode="json", include={"method", "count", "per_class", "cache_key", "notes"}),
+    )
 
 
 def build_bundle(
@@ -218,110 +319,74 @@ def build_bundle(
     max_drop: float = 1.0,
     accuracy_control: bool = False,
     force: bool = False,
-    progress: Callable[[str], None] | None = None,
+    reporter: Reporter | None = None,
 ) -> ExportResult:
     """Export a run dir to a deployable bundle (ONNX always; OpenVINO/TensorRT/Triton as asked or available).
 
-    `progress` receives one short line per step. Returns the table rows; `failed` lists artifacts that were
-    rejected (parity, accuracy drop > max_drop, or a failed optional engine), which callers should treat as an error.
+    Rejected artifacts are listed in `result.failed`; the bundle is still written (callers decide: the CLI
+    exits 1). Bad input raises EdgeftError before anything is written.
     """
-    from edgeft.calibration import METHODS
-    from edgeft.export.onnx_export import metadata
-    from edgeft.export.registry import resolve
-    from edgeft.train.model import load_run
+    options = ExportOptions(
+        int8=int8,
+        fp16=fp16,
+        formats=tuple(formats) if formats is not None else None,
+        calib_size=calib_size,
+        calib_method=calib_method,
+        max_drop=max_drop,
+        accuracy_control=accuracy_control,
+        force=force,
+    )
+    return run_export(run_dir, out, options, reporter)
+
+
+def run_export(
+    run_dir: str | Path, out: str | Path | None, options: ExportOptions, reporter: Reporter | None = None
+) -> ExportResult:
+    """`build_bundle` with its options as one object."""
+    rep = or_silent(reporter)
+    notes: list[str] = []
+
+    def note(line: str) -> None:
+        notes.append(line)
+        rep.note(line)
 
     run_dir = Path(run_dir).expanduser().resolve()
     out = Path(out).expanduser().resolve() if out is not None else run_dir / "bundle"
-    if calib_method not in METHODS:
-        raise EdgeftError(f"unknown --calib-method {calib_method!r}", fix=f"use one of {list(METHODS)}")
-    if calib_size < 1 or not max_drop >= 0:
-        raise EdgeftError("--calib-size must be >= 1 and --max-drop >= 0", fix="fix the option values")
-    notes: list[str] = []
-    step = progress or (lambda _msg: None)
-    step("checking the run dir")
-    manifest, splits, weights_sha = _check_run(run_dir)
-    if int8 and not any(it["split"] == "calib" for it in splits["items"]):
-        raise EdgeftError(
-            "the run's calib split is empty: there is nothing to calibrate INT8 with",
-            path=run_dir / "splits.json",
-            fix="re-run `edgeft train` with a calib fraction > 0, or export with --no-int8",
-        )
-    _check_out(out, run_dir, weights_sha, force)
-    engines_and_packages = resolve(formats, notes.append)
-    step("loading the model")
-    model, manifest = load_run(run_dir)  # verifies the weights' sha256 and the class count
-    step("loading test images and the PyTorch reference")
-    test = _eval_split(splits, manifest, notes)
-    test.reference = _torch_logits(model, test.x)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    os.chmod(work, 0o777 & ~_umask())  # mkdtemp makes 0700; a bundle is meant to be shared
-    try:
-        ctx = ExportContext(
-            run_dir=run_dir,
-            work=work,
-            manifest=manifest,
-            model=model,
-            weights_sha256=weights_sha,
-            splits=splits,
-            options=ExportOptions(int8, fp16, calib_size, calib_method, max_drop, accuracy_control),
-            test=test,
-            step=step,
-            metadata=metadata(manifest.name, list(manifest.classes), manifest.preprocess, weights_sha),
-            notes=notes,
-        )
-        failed: dict[str, str] = {}
-        _build_engines(ctx, [f for f in engines_and_packages if f.stage == "engine"], failed)
-        runners = {f.name: f.runner for f in engines_and_packages if f.runner is not None}
-        rows = [reference_row(ctx, (run_dir / manifest.weights.get("file", "model.safetensors")).stat().st_size)]
-        rows += _evaluate_all(ctx, runners, failed)
-        _build_engines(ctx, [f for f in engines_and_packages if f.stage == "package"], failed)
-        _write_manifest(ctx, out, rows, failed)
-        step("moving the bundle into place")
-        _replace_dir(work, out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+    _check_options(options)
+    rep.task("checking the run dir")
+    manifest, splits, weights_sha = _check_run(run_dir, options.int8)
+    check_out(out, run_dir, weights_sha, options.force)
+    chosen = resolve(options.formats, note)
+    rep.task("loading the model")
+    s = manifest.preprocess.input_size
+    with TorchEngine(run_dir, input_shape=(3, s, s), num_outputs=len(manifest.classes), label="torch-fp32") as ref:
+        gate = Gate(max_drop=options.max_drop)  # the defaults of `edgeft parity`, with the asked --max-drop
+        judging = _judging(run_dir, manifest, splits, ref, gate, note, rep)
+        with staged_dir(out) as work:
+            ctx = ExportContext(
+                run_dir=run_dir,
+                work=work,
+                manifest=manifest,
+                model=ref.model,
+                weights_sha256=weights_sha,
+                splits=splits,
+                options=options,
+                judging=judging,
+                reporter=reporter,
+                metadata=_metadata(manifest, weights_sha),
+                notes=notes,
+            )
+            rows = {"onnx-fp32": _export_fp32(ctx)}
+            failed: dict[str, str] = {}
+            _build_formats(ctx, [f for f in chosen if f.stage == "engine"], failed)
+            _judge_all(ctx, rows, failed)
+            _build_formats(ctx, [f for f in chosen if f.stage == "package"], failed)
+            bundle = _bundle_manifest(ctx, rows)
+            bundle.save(work)
+            ordered = [reference_row(ctx, run_dir / manifest.weights.file)]
+            ordered += [rows[b.name] for b in sorted(ctx.built, key=_order)]
+            report = _report(ctx, out, ordered, failed)
+            report.write(work / REPORT_FILE)
+            rep.task("moving the bundle into place")
     cal = ctx.calibration.doc if ctx.calibration is not None else None
-    return ExportResult(out, rows, list(failed), notes, cal)
-
-
-def _write_manifest(ctx: ExportContext, out: Path, rows: list[Row], failed: dict[str, str]) -> BundleManifest:
-    """bundle.json (accepted artifacts only) and export_report.json (every row, rejected ones included)."""
-    order = {n: i for i, n in enumerate(ARTIFACT_ORDER)}
-    accepted = sorted(ctx.accepted, key=lambda b: order.get(b.name, 99))
-    s, manifest = ctx.spec.input_size, ctx.manifest
-    bundle = BundleManifest(
-        name=manifest.name,
-        classes=list(manifest.classes),
-        preprocess=manifest.preprocess,
-        artifacts=[asdict(b.to_artifact(ctx.work)) for b in accepted],
-        input={"name": "input", "shape": [-1, 3, s, s], "dtype": "float32"},
-        output={"name": "logits", "shape": [-1, len(manifest.classes)], "dtype": "float32"},
-        source={
-            "run_dir": str(ctx.run_dir),
-            "weights_sha256": ctx.weights_sha256,
-            "model_json_sha256": sha256_file(ctx.run_dir / "model.json"),
-            "backbone": manifest.backbone.get("id"),
-        },
-        reference="onnx-fp32",
-        versions=_versions(),
-    )
-    bundle.save(ctx.work)
-    report = {
-        "bundle_dir": str(out),
-        "run_dir": str(ctx.run_dir),
-        "eval_split": ctx.test.split,
-        "eval_images": int(len(ctx.test.y)),
-        "options": asdict(ctx.options),
-        "rows": [r.to_dict() for r in rows],
-        "failed": failed,
-        "notes": ctx.notes,
-        "packages": ctx.packages,
-        "artifact_info": {b.name: b.info for b in ctx.built},
-        "calibration": None
-        if ctx.calibration is None
-        else {k: ctx.calibration.doc[k] for k in ("method", "count", "per_class", "cache_key", "notes")},
-    }
-    write_json_atomic(ctx.work / REPORT_FILE, report)
-    return bundle
+    return ExportResult(out, bundle, report, cal)

@@ -1,30 +1,39 @@
-"""What every export step shares: the loaded run, the evaluation data, options, and the artifacts built so far."""
+"""What every export step shares: the loaded run, the judging data, the options and the artifacts built so far."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgeft.manifest import Artifact, ModelManifest, PreprocessSpec, sha256_file
+from edgeft.check.gate import Gate
+from edgeft.core.hashing import sha256_file
+from edgeft.core.manifests import Artifact, GateRecord, ModelManifest, SplitsDoc
+from edgeft.core.preprocess import PreprocessSpec
+from edgeft.core.progress import Reporter, or_silent
+from edgeft.data.evalsets import EvalSet, from_splits
+from edgeft.export.calibration import Calibration, prepare
 
 
-@dataclass
+@dataclass(frozen=True)
 class ExportOptions:
+    """What `edgeft export` was asked to build (the keyword arguments of `build_bundle`)."""
+
     int8: bool = True
     fp16: bool = True
+    formats: tuple[str, ...] | None = None
     calib_size: int = 300
     calib_method: str = "minmax"
     max_drop: float = 1.0
     accuracy_control: bool = False
+    force: bool = False
 
 
 @dataclass
 class Built:
-    """An artifact written into the work dir, before evaluation decides whether it ships."""
+    """An artifact written into the work dir, before the gate decides whether it ships."""
 
     name: str
     format: str
@@ -39,7 +48,7 @@ class Built:
     def size_bytes(self, root: Path) -> int:
         return sum((root / f).stat().st_size for f in self.files() if (root / f).is_file())
 
-    def to_artifact(self, root: Path) -> Artifact:
+    def to_artifact(self, root: Path, gate: GateRecord | None) -> Artifact:
         return Artifact(
             name=self.name,
             format=self.format,
@@ -49,18 +58,24 @@ class Built:
             bytes=self.size_bytes(root),
             extra_files={f: sha256_file(root / f) for f in self.extra_files},
             info=self.info,
+            gate=gate,
         )
 
 
 @dataclass
-class EvalSet:
-    """Preprocessed images of one split, their labels, and the torch FP32 reference logits."""
+class Judging:
+    """The images every artifact is judged on, preprocessed once, and the torch FP32 reference logits."""
 
     split: str
+    evalset: EvalSet  # the images that decoded
     x: np.ndarray
-    y: np.ndarray
-    paths: list[str]
-    reference: np.ndarray | None = None
+    labels: np.ndarray
+    reference: np.ndarray
+    gate: Gate
+
+    @property
+    def sources(self) -> list[str]:
+        return [str(p) for p in self.evalset.paths]
 
 
 @dataclass
@@ -70,26 +85,37 @@ class ExportContext:
     manifest: ModelManifest
     model: Any  # the eval-mode torch Classifier
     weights_sha256: str
-    splits: dict
+    splits: SplitsDoc
     options: ExportOptions
-    test: EvalSet
-    step: Callable[[str], None]
+    judging: Judging
+    reporter: Reporter | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     built: list[Built] = field(default_factory=list)
-    calibration: Any = None  # edgeft.calibration.Calibration, once prepared
-    val: EvalSet | None = None
+    calibration: Calibration | None = None
+    val: tuple[np.ndarray, np.ndarray] | None = None
     notes: list[str] = field(default_factory=list)
-    logits: dict[str, np.ndarray] = field(default_factory=dict)
-    accepted: list[Built] = field(default_factory=list)  # set after evaluation; packaging formats use these
+    accepted: list[Built] = field(default_factory=list)  # set after judging; packaging formats use these
     packages: dict[str, list[str]] = field(default_factory=dict)  # e.g. {"triton": [model names]}
 
     @property
+    def rep(self) -> Reporter:
+        return or_silent(self.reporter)
+
+    @property
     def spec(self) -> PreprocessSpec:
-        return self.manifest.preprocess_spec
+        return self.manifest.preprocess
 
     @property
     def classes(self) -> list[str]:
         return list(self.manifest.classes)
+
+    def step(self, name: str, total: int | None = None) -> None:
+        self.rep.task(name, total)
+
+    def note(self, line: str) -> None:
+        """A one-line message the user should see (skipped formats, small calib sets); kept for the report."""
+        self.notes.append(line)
+        self.rep.note(line)
 
     def add(self, built: Built) -> Built:
         self.built = [b for b in self.built if b.name != built.name] + [built]
@@ -98,49 +124,25 @@ class ExportContext:
     def get(self, name: str) -> Built | None:
         return next((b for b in self.built if b.name == name), None)
 
-    def calibration_data(self):
+    def calibration_data(self) -> Calibration:
         """The calibration set, prepared once (selection, preprocessing, cache key, calibration.json)."""
         if self.calibration is None:
-            from edgeft.calibration import prepare
-
-            self.step("INT8: calibration set")
-            self.calibration = prepare(
-                self.splits,
-                self.classes,
-                self.spec,
-                self.weights_sha256,
-                self.options.calib_size,
-                self.options.calib_method,
-                self.work / "calibration.json",
+            o = self.options
+            cal = prepare(
+                self.splits, self.classes, self.spec, self.weights_sha256, o.calib_size, o.calib_method, self.reporter
             )
-            for line in self.calibration.set.notes:
+            cal.doc.write(self.work / "calibration.json")
+            for line in cal.doc.notes:
                 self.note(f"calibration: {line}")
+            self.calibration = cal
         return self.calibration
 
-    def val_set(self) -> EvalSet | None:
-        """The val split (for NNCF accuracy control), loaded on first use; None when the run has no val images."""
+    def val_set(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The val split (x, label indices) for NNCF accuracy control, loaded once; None when the run has none."""
         if self.val is None:
-            val = load_eval_set(self.splits, "val", self.classes, self.spec)
-            self.val = val if len(val.y) else None
+            evalset = from_splits(self.splits, "val", self.classes)
+            if not len(evalset):
+                return None
+            x, kept = evalset.load(self.spec)
+            self.val = (x, kept.label_indices(self.classes))
         return self.val
-
-    def note(self, line: str) -> None:
-        """A one-line message the user should see (skipped formats, small calib sets)."""
-        self.notes.append(line)
-
-
-def load_eval_set(splits: dict, split: str, classes: list[str], spec: PreprocessSpec) -> EvalSet:
-    """All images of one split of splits.json, sorted by path, preprocessed with the shared implementation."""
-    from edgeft.calibration.dataset import ImageItem, load_tensors
-
-    items = sorted(
-        (
-            ImageItem(it["path"], it["label"], str(it.get("sha256") or ""))
-            for it in splits["items"]
-            if it["split"] == split
-        ),
-        key=lambda it: it.path,
-    )
-    x, _ = load_tensors(Path(splits["root"]), items, spec, what=split)
-    y = np.array([classes.index(it.label) for it in items], np.int64)
-    return EvalSet(split, x, y, [it.path for it in items])

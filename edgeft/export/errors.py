@@ -1,8 +1,8 @@
-"""Export-specific user-facing errors (all EdgeftError: the CLI prints them without a traceback)."""
+"""Export-specific user-facing errors (EdgeftError, exit code 2: nothing was written)."""
 
 from __future__ import annotations
 
-from edgeft.errors import EdgeftError
+from edgeft.core.errors import EdgeftError
 
 
 class ExportParityError(EdgeftError):
@@ -11,7 +11,3 @@ class ExportParityError(EdgeftError):
 
 class ExportRefusedError(EdgeftError):
     """The output directory holds something this export must not overwrite."""
-
-
-class ExportAccuracyError(EdgeftError):
-    """A reduced-precision artifact lost more test accuracy than --max-drop allows."""

@@ -1,85 +1,99 @@
-"""Every artifact is run on the run's test split and compared with PyTorch before it may ship."""
+"""Every artifact is run through `edgeft.engines` on the judging images and accepted or rejected by THE gate.
+
+The reference is the run's torch FP32 model (`TorchEngine`), the candidate engine is the one that will
+serve the artifact, and the verdict comes from `edgeft.check.comparator.compare` + `edgeft.check.gate.Gate`:
+the same comparator and gate `edgeft parity` uses, so export and parity cannot disagree.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
-from edgeft.export.context import Built, ExportContext
-from edgeft.export.onnx_export import PARITY_ATOL, parity_problems
+from edgeft.check.comparator import compare
+from edgeft.check.gate import failed_to_run
+from edgeft.core.errors import EdgeftError
+from edgeft.core.reports import ExportRow
+from edgeft.engines.base import Engine
+from edgeft.engines.onnxruntime import OnnxRuntimeEngine
+from edgeft.engines.openvino import OpenVinoEngine
+from edgeft.engines.tensorrt import TensorRTEngine
+from edgeft.export.context import Built, ExportContext, Judging
+from edgeft.models.onnx import OUTPUT_NAME
 
-EVAL_BATCH = 16
-
-
-def run_batches(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch: int = EVAL_BATCH) -> np.ndarray:
-    outs = [np.asarray(run(np.ascontiguousarray(x[i : i + batch])), np.float32) for i in range(0, len(x), batch)]
-    return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
-
-
-@dataclass
-class Row:
-    """One line of the export table (and of export_report.json)."""
-
-    artifact: str
-    format: str
-    precision: str
-    path: str
-    size_mb: float
-    accuracy: float
-    agreement: float  # top-1 agreement with PyTorch on the test split
-    delta_pts: float  # accuracy minus PyTorch accuracy, in percentage points
-    max_abs_logit_diff: float
-    status: str = "ok"  # ok | rejected
-    reason: str = ""
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+EVAL_BATCH = 32
+ENGINE_BY_FORMAT: dict[str, type[Engine]] = {
+    "onnx": OnnxRuntimeEngine,
+    "openvino": OpenVinoEngine,
+    "tensorrt": TensorRTEngine,
+}
 
 
-def accuracy(logits: np.ndarray, y: np.ndarray) -> float:
-    return float(np.mean(logits.argmax(1) == y)) if len(y) else float("nan")
+def engine_for(ctx: ExportContext, built: Built) -> Engine:
+    """The engine that serves this artifact, on the work-dir file (TensorRT plans carry their build fingerprint)."""
+    cls = ENGINE_BY_FORMAT[built.format]
+    options = {"fingerprint": built.info} if built.format == "tensorrt" else {}
+    s = ctx.spec.input_size
+    return cls(
+        ctx.work / built.path,
+        precision=built.precision,
+        input_shape=(3, s, s),
+        num_outputs=len(ctx.classes),
+        output_name=OUTPUT_NAME,
+        label=built.name,
+        **options,
+    )
 
 
-def reference_row(ctx: ExportContext, weights_bytes: int) -> Row:
-    ref = ctx.test.reference
-    acc = accuracy(ref, ctx.test.y)
-    return Row("torch-fp32", "torch", "fp32", "model.safetensors", weights_bytes / 1e6, acc, 1.0, 0.0, 0.0, "reference")
+def reference_row(ctx: ExportContext, weights: Path) -> ExportRow:
+    """The torch FP32 row of the table: its accuracy on the judging images (agreement with itself is 1)."""
+    j = ctx.judging
+    return ExportRow(
+        artifact="torch-fp32",
+        format="torch",
+        precision="fp32",
+        path=weights.name,
+        size_mb=weights.stat().st_size / 1e6,
+        status="reference",
+        comparison=compare(j.reference, j.reference, ctx.classes, j.labels, j.sources),
+    )
 
 
-def evaluate(ctx: ExportContext, built: Built, run: Callable[[np.ndarray], np.ndarray] | None) -> Row:
-    """Accuracy, agreement and logit distance vs PyTorch; the status says whether the artifact may ship.
-
-    FP32 artifacts must match (parity); INT8 ones may lose at most max_drop points; FP16 is reported only.
-    """
-    if built.name in ctx.logits:
-        logits = ctx.logits[built.name]
-    else:
-        logits = run_batches(run, ctx.test.x)
-        ctx.logits[built.name] = logits
-    ref, y = ctx.test.reference, ctx.test.y
-    acc, ref_acc = accuracy(logits, y), accuracy(ref, y)
-    row = Row(
+def judge_logits(ctx: ExportContext, built: Built, logits: np.ndarray) -> ExportRow:
+    j: Judging = ctx.judging
+    comparison = compare(j.reference, logits, ctx.classes, j.labels, j.sources)
+    gate = j.gate.judge(built.precision, comparison, judged_on=j.evalset.origin)
+    return ExportRow(
         artifact=built.name,
         format=built.format,
         precision=built.precision,
         path=built.path,
         size_mb=built.size_bytes(ctx.work) / 1e6,
-        accuracy=acc,
-        agreement=float(np.mean(logits.argmax(1) == ref.argmax(1))) if len(y) else float("nan"),
-        delta_pts=100.0 * (acc - ref_acc),
-        max_abs_logit_diff=float(np.abs(logits - ref).max()) if len(y) else 0.0,
+        status="ok" if gate.passed else "rejected",
+        reason="; ".join(gate.reasons),
+        comparison=comparison,
+        gate=gate,
     )
-    if built.precision == "fp32":
-        onnx_ref = ctx.logits.get("onnx-fp32")
-        problems = parity_problems(logits, onnx_ref if onnx_ref is not None else ref, PARITY_ATOL)
-        if problems:
-            row.status, row.reason = "rejected", "FP32 parity: " + "; ".join(problems)
-    elif -row.delta_pts > ctx.options.max_drop:
-        loss = f"loses {-row.delta_pts:.2f} pts of test accuracy (> --max-drop {ctx.options.max_drop:g})"
-        if built.precision == "int8":
-            row.status, row.reason = "rejected", loss
-        else:
-            row.reason = f"{loss}; only INT8 is gated"
-    return row
+
+
+def judge(ctx: ExportContext, built: Built) -> ExportRow:
+    """Run the artifact on its engine and judge it; one that cannot load or run is rejected, not a crash."""
+    j = ctx.judging
+    ctx.step(f"judge {built.name} on {len(j.x)} {j.split} images", len(j.x))
+    try:
+        with engine_for(ctx, built) as engine:
+            logits = engine.run(j.x, EVAL_BATCH, ctx.rep.advance)
+    except EdgeftError as exc:
+        gate = failed_to_run(exc.message, j.evalset.origin)
+        return ExportRow(
+            artifact=built.name,
+            format=built.format,
+            precision=built.precision,
+            path=built.path,
+            size_mb=built.size_bytes(ctx.work) / 1e6,
+            status="rejected",
+            reason="; ".join(gate.reasons),
+            gate=gate,
+        )
+    return judge_logits(ctx, built, logits)

@@ -3,23 +3,20 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
-import logging
+from typing import Any
 
+from edgeft.engines.base import has_module
 from edgeft.export.context import Built, ExportContext
-from edgeft.export.registry import ExportFormat, Runner, register
 
 DIR = "openvino"
 
 
 def unavailable() -> str | None:
-    return (
-        None if importlib.util.find_spec("openvino") else "the openvino package is not installed (pip install openvino)"
-    )
+    return None if has_module("openvino") else "the openvino package is not installed (pip install openvino)"
 
 
-def _save(ctx: ExportContext, model, stem: str, fp16: bool) -> tuple[str, list[str]]:
+def _save(ctx: ExportContext, model: Any, stem: str, fp16: bool) -> tuple[str, list[str]]:
     """Save an IR pair with edgeft metadata in rt_info; returns (xml, [bin]) relative to the bundle."""
     import openvino as ov
 
@@ -55,9 +52,9 @@ def build(ctx: ExportContext) -> None:
     build_nncf(ctx)
 
 
-def _nncf():
-    """nncf, or None after one clear line: a broken optional quantizer must not fail the export."""
-    if importlib.util.find_spec("nncf") is None:
+def _nncf() -> tuple[Any, str | None]:
+    """nncf, or None and why: a broken optional quantizer must not fail the export."""
+    if not has_module("nncf"):
         return None, "nncf is not installed (pip install 'edgeft[quant]')"
     try:
         with contextlib.redirect_stdout(io.StringIO()):
@@ -75,10 +72,11 @@ def build_nncf(ctx: ExportContext) -> None:
         return
     import openvino as ov
 
-    from edgeft.calibration.nncf_quant import quantize_ir
+    from edgeft.export.quant.nncf import quantize_ir
 
     cal = ctx.calibration_data()
     fp32 = ctx.get("openvino-fp32")
+    assert fp32 is not None  # built first by `build`
     val = ctx.val_set() if ctx.options.accuracy_control else None
     if ctx.options.accuracy_control and val is None:
         ctx.note("openvino-int8 (NNCF): the run has no val images, so accuracy control is off")
@@ -88,19 +86,3 @@ def build_nncf(ctx: ExportContext) -> None:
     xml, extra = _save(ctx, quantized, "model.int8", False)
     info.update({"calibration_key": cal.key, "calibration_method": "nncf (min/max + fast bias correction)"})
     ctx.add(Built("openvino-int8", "openvino", "int8", xml, extra, info))
-
-
-def runner(ctx: ExportContext, built: Built) -> Runner:
-    """Compiled on CPU as the runtime serves it (fp32 artifacts pinned to f32, not bf16)."""
-    import openvino as ov
-
-    config = {"PERFORMANCE_HINT": "LATENCY"}
-    if built.precision == "fp32":
-        config["INFERENCE_PRECISION_HINT"] = "f32"
-    logging.getLogger("openvino").setLevel(logging.ERROR)
-    compiled = ov.Core().compile_model(str(ctx.work / built.path), "CPU", config)
-    request, output = compiled.create_infer_request(), compiled.output(0)
-    return lambda x: request.infer({0: x})[output].copy()
-
-
-register(ExportFormat("openvino", "engine", unavailable, build, runner))

@@ -8,13 +8,15 @@ capability and the TensorRT version, so both are in the file name and in bundle.
 
 from __future__ import annotations
 
-import importlib.util
 import tempfile
 from pathlib import Path
+from typing import Any
 
-from edgeft.errors import EdgeftError
+from edgeft.core.errors import EdgeftError
+from edgeft.engines.base import has_module
+from edgeft.engines.tensorrt import cuda_compute_capability
 from edgeft.export.context import Built, ExportContext
-from edgeft.export.registry import ExportFormat, Runner, register
+from edgeft.export.qdq_check import check_qdq_for_tensorrt
 
 DIR = "tensorrt"
 PROFILE = {"min": 1, "opt": 8, "max": 32}
@@ -22,10 +24,8 @@ WORKSPACE_BYTES = 2 << 30
 
 
 def unavailable() -> str | None:
-    if importlib.util.find_spec("tensorrt") is None:
+    if not has_module("tensorrt"):
         return "TensorRT is not installed on this machine (pip install tensorrt, on a machine with an NVIDIA GPU)"
-    from edgeft.runtime.backends import cuda_compute_capability
-
     if cuda_compute_capability() is None:
         return "no CUDA GPU found, and TensorRT plans are built on the GPU they run on"
     return None
@@ -37,7 +37,7 @@ def plan_name(precision: str, compute_capability: str, trt_version: str) -> str:
     return f"{DIR}/model.{precision}.sm{compute_capability.replace('.', '')}.trt{major}.{minor}.plan"
 
 
-def _major(trt) -> int:
+def _major(trt: Any) -> int:
     return int(str(trt.__version__).split(".")[0])
 
 
@@ -59,7 +59,7 @@ def fp16_typed_onnx(src: Path, dst: Path) -> Path:
     return dst
 
 
-def build_plan(trt, onnx_path: Path, input_size: int, *, strongly_typed: bool, fp16_flag: bool) -> bytes:
+def build_plan(trt: Any, onnx_path: Path, input_size: int, *, strongly_typed: bool, fp16_flag: bool) -> bytes:
     """Parse the ONNX, add the batch optimisation profile, build and serialise the engine."""
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -87,7 +87,7 @@ def build_plan(trt, onnx_path: Path, input_size: int, *, strongly_typed: bool, f
     return bytes(plan)
 
 
-def _fingerprint(trt, cc: str, strongly_typed: bool, source: str) -> dict:
+def _fingerprint(trt: Any, cc: str, strongly_typed: bool, source: str) -> dict:
     return {
         "compute_capability": cc,
         "gpu": _gpu_name(),
@@ -102,9 +102,6 @@ def _fingerprint(trt, cc: str, strongly_typed: bool, source: str) -> dict:
 
 def build(ctx: ExportContext) -> None:
     import tensorrt as trt
-
-    from edgeft.export.qdq_check import check_qdq_for_tensorrt
-    from edgeft.runtime.backends import cuda_compute_capability
 
     cc = str(cuda_compute_capability())
     (ctx.work / DIR).mkdir(exist_ok=True)
@@ -131,18 +128,3 @@ def build(ctx: ExportContext) -> None:
         info = _fingerprint(trt, cc, not weak, "model.onnx")
         info["fp16_mode"] = "BuilderFlag.FP16" if weak else "fp16-typed ONNX"
         ctx.add(Built("tensorrt-fp16", "tensorrt", "fp16", rel, info=info))
-
-
-def runner(ctx: ExportContext, built: Built) -> Runner:
-    """Evaluated through the runtime's TensorRT backend, exactly as it will be served."""
-    from edgeft.manifest import BundleManifest
-    from edgeft.runtime.backends import TensorRTBackend
-
-    bundle = BundleManifest(
-        name=ctx.manifest.name, classes=ctx.classes, preprocess=ctx.manifest.preprocess, artifacts=[]
-    )
-    backend = TensorRTBackend(ctx.work, bundle, built.to_artifact(ctx.work)).load()
-    return backend.infer
-
-
-register(ExportFormat("tensorrt", "engine", unavailable, build, runner))

@@ -1,53 +1,33 @@
-"""`edgeft eval`: metrics of a run's torch model on its test split or on another tree."""
+"""`edgeft eval`: metrics of a run's torch model on its test split or on another image tree."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-import torch
-from torch.utils.data import DataLoader
-
-from edgeft.data.splits import read_splits, split_items
-from edgeft.errors import EdgeftError
-from edgeft.manifest import write_json_atomic
-from edgeft.train.fit import ImageSet, evaluate
+from edgeft.core.locate import locate
+from edgeft.core.manifests import ModelManifest
+from edgeft.core.progress import Reporter, or_silent
+from edgeft.core.reports import SplitMetrics
+from edgeft.data.evalsets import eval_set
+from edgeft.engines.torch import TorchEngine
 from edgeft.train.metrics import classification_metrics
-from edgeft.train.model import load_run
 
 
-def evaluate_run(run_dir: str | Path, data: str | Path | None = None) -> tuple[dict, Path]:
-    run_dir = Path(run_dir)
-    model, manifest = load_run(run_dir)
-    index = {c: i for i, c in enumerate(manifest.classes)}
-    if data is None:
-        items = split_items(read_splits(run_dir), "test")
-        out = run_dir / "eval.json"
-    else:
-        from edgeft.data.layouts import load_dataset
-
-        ds = load_dataset(data)
-        unknown = [c for c in ds.classes if c not in index]
-        if unknown:
-            raise EdgeftError(
-                f"classes {unknown} are not in the run's classes {manifest.classes}",
-                path=data,
-                fix="evaluate on a tree whose class folders are a subset of the run's classes",
-            )
-        items = [(ds.abspath(r), r.label) for r in ds.records]
-        out = run_dir / f"eval-{Path(data).name}.json"
-    if not items:
-        raise EdgeftError("no images to evaluate", path=data or run_dir / "splits.json", fix="check the data")
-    missing = [str(p) for p, _ in items if not p.is_file()]
-    if missing:
-        raise EdgeftError(
-            f"{len(missing)} image(s) of the split are missing, e.g. {missing[0]}",
-            path=run_dir / "splits.json",
-            fix="restore the dataset at the path recorded in splits.json, or pass --data",
-        )
-    labels = np.array([index[lbl] for _, lbl in items])
-    loader = DataLoader(ImageSet([p for p, _ in items], labels.tolist(), manifest.preprocess_spec), batch_size=32)
-    _, _, logits = evaluate(model, loader, torch.nn.CrossEntropyLoss(), "cpu")
-    result = classification_metrics(labels, logits.argmax(1), manifest.classes)
-    write_json_atomic(out, result)
-    return result, out
+def evaluate_run(
+    run: str | Path | None = None, data: str | Path | None = None, reporter: Reporter | None = None
+) -> tuple[SplitMetrics, Path, Path]:
+    """(metrics, where they were written, the run dir) for RUN (or the latest run) on its test split or `data`."""
+    rep = or_silent(reporter)
+    run_dir = locate(run, need_bundle=False).run_dir
+    assert run_dir is not None
+    manifest = ModelManifest.load(run_dir)
+    evalset = eval_set(run_dir, Path(data) if data is not None else None, manifest.classes)
+    rep.task("preprocess", len(evalset))
+    x, kept = evalset.load(manifest.preprocess, rep.advance)
+    rep.task("evaluate", len(kept))
+    with TorchEngine(run_dir, input_shape=x.shape[1:], num_outputs=len(manifest.classes)) as engine:
+        logits = engine.run(x, 32, rep.advance)
+    metrics = classification_metrics(kept.label_indices(manifest.classes), logits.argmax(1), manifest.classes)
+    out = run_dir / ("eval.json" if data is None else f"eval-{Path(data).name}.json")
+    metrics.write(out)
+    return metrics, out, run_dir

@@ -1,16 +1,14 @@
 """Feature cache: embeddings of a frozen backbone, computed once per image and reused every epoch.
 
-The cache key is (backbone weights sha256, preprocessing spec, engine version); each entry is named by the
-image's content sha256. A changed image, backbone or preprocessing can therefore never be served stale.
-The feature pass runs on ONNX Runtime (checked against torch on real images before use), with image
-decoding and preprocessing in a thread pool overlapping inference.
+The cache key is (backbone weights sha256, preprocessing spec, architecture, format version); each entry is
+named by the image's content sha256, so a changed image, backbone or preprocessing is never served stale.
+On CPU the backbone runs through THE exporter (checked against torch on export) and the ONNX Runtime engine,
+with decoding and preprocessing of the next batch overlapping inference of the current one.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
-import warnings
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -20,52 +18,40 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgeft.manifest import PreprocessSpec, stable_hash
-from edgeft.runtime.preprocess import preprocess_path
+from edgeft.core.errors import EdgeftError
+from edgeft.core.files import cache_root, write_bytes_atomic
+from edgeft.core.hashing import stable_hash
+from edgeft.core.preprocess import PreprocessSpec, preprocess_many
 
 FEATURE_VERSION = 1
-TORCH_MATCH_ATOL = 1e-3
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("EDGEFT_CACHE", Path.home() / ".cache" / "edgeft"))
+TORCH_MATCH_ATOL = 1e-3  # features feed a head trained on them; 1e-3 is far below what moves a prediction
 
 
 def feature_cache_key(weights_sha256: str, spec: PreprocessSpec, arch: str) -> str:
     return stable_hash({"weights": weights_sha256, "preprocess": spec.to_dict(), "arch": arch, "v": FEATURE_VERSION})
 
 
-class _OrtEngine:
-    """The frozen backbone exported to ONNX and run by ONNX Runtime: the fastest CPU engine measured here."""
+def _onnx_engine(module: nn.Module, spec: PreprocessSpec, path: Path):
+    """The backbone as ONNX on ONNX Runtime, exported once per cache key and checked against torch on a probe."""
+    from edgeft.check.comparator import require_close
+    from edgeft.engines.onnxruntime import OnnxRuntimeEngine
+    from edgeft.models.onnx import export_onnx
 
-    def __init__(self, module: nn.Module, spec: PreprocessSpec, path: Path):
-        import onnxruntime as ort
-
-        if not path.is_file():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
-            os.close(fd)
-            dummy = torch.zeros(1, 3, spec.input_size, spec.input_size)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(
-                    module,
-                    (dummy,),
-                    tmp,
-                    dynamo=False,
-                    opset_version=17,
-                    input_names=["input"],
-                    output_names=["features"],
-                    dynamic_axes={"input": {0: "batch"}, "features": {0: "batch"}},
-                )
-            os.replace(tmp, path)
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = max(1, torch.get_num_threads())
-        so.log_severity_level = 3
-        self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {"input": batch})[0]
+    fresh = not path.is_file()
+    if fresh:
+        export_onnx(module, spec.input_size, path, output_name="features")
+    engine = OnnxRuntimeEngine(path, input_shape=(3, spec.input_size, spec.input_size), output_name="features").load()
+    if fresh:
+        probe = np.random.default_rng(0).standard_normal((2, 3, spec.input_size, spec.input_size)).astype(np.float32)
+        with torch.inference_mode():
+            want = module(torch.from_numpy(probe)).float().numpy()
+        try:
+            require_close(want, engine.run(probe), TORCH_MATCH_ATOL, "the backbone's ONNX export", path)
+        except EdgeftError:
+            engine.close()
+            path.unlink(missing_ok=True)  # never reuse an export that did not match
+            raise
+    return engine
 
 
 class FeatureExtractor:
@@ -92,15 +78,9 @@ class FeatureExtractor:
         self._engine: Callable[[np.ndarray], np.ndarray] = self._torch
         if engine in ("auto", "onnxruntime") and device == "cpu":
             try:
-                ort_engine = _OrtEngine(module, spec, self.dir / "backbone.onnx")
-                probe = (
-                    np.random.default_rng(0)
-                    .standard_normal((2, 3, spec.input_size, spec.input_size))
-                    .astype(np.float32)
-                )
-                if np.abs(ort_engine(probe) - self._torch(probe)).max() <= TORCH_MATCH_ATOL:
-                    self._engine, self.engine_name = ort_engine, "onnxruntime"
-            except Exception:  # any export/runtime problem: the torch engine is always correct
+                self._engine = _onnx_engine(module, spec, self.dir / "backbone.onnx").infer
+                self.engine_name = "onnxruntime"
+            except EdgeftError:  # an export the exporter could not verify: the torch engine is always correct
                 if engine == "onnxruntime":
                     raise
 
@@ -110,6 +90,13 @@ class FeatureExtractor:
 
     def _entry(self, sha: str) -> Path:
         return self.dir / sha[:2] / f"{sha}.npy"
+
+    def _prepare(self, paths: Sequence[Path]) -> np.ndarray:
+        x, ok, failed = preprocess_many(paths, self.spec, workers=1)
+        if failed:
+            i, err = failed[0]
+            raise EdgeftError(f"cannot read an image that was valid at scan time ({err.message})", path=paths[i])
+        return x
 
     def extract(
         self, paths: Sequence[Path], shas: Sequence[str], progress: Callable[[int, int], None] | None = None
@@ -130,16 +117,17 @@ class FeatureExtractor:
         if progress:
             progress(done, len(shas))
         batches = deque(todo[k : k + self.batch_size] for k in range(0, len(todo), self.batch_size))
-        with ThreadPoolExecutor(max_workers=2) as pool:
+        workers = max(1, min(2, os.cpu_count() or 1))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
 
-            def load(b: list[int]):
-                return b, pool.submit(lambda: np.stack([preprocess_path(paths[i], self.spec) for i in b]))
+            def submit(b: list[int]):
+                return b, pool.submit(self._prepare, [paths[i] for i in b])
 
-            ahead = deque(load(batches.popleft()) for _ in range(min(2, len(batches))))  # bounded prefetch
+            ahead = deque(submit(batches.popleft()) for _ in range(min(workers, len(batches))))  # bounded prefetch
             while ahead:
                 b, fut = ahead.popleft()
                 if batches:
-                    ahead.append(load(batches.popleft()))
+                    ahead.append(submit(batches.popleft()))
                 out = self._engine(fut.result())
                 for i, row in zip(b, out, strict=True):
                     feats[shas[i]] = row.astype(np.float32)
@@ -160,9 +148,8 @@ class FeatureExtractor:
             return None
 
     def _store(self, sha: str, row: np.ndarray) -> None:
-        f = self._entry(sha)
-        f.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".npy", dir=f.parent)
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, row, allow_pickle=False)
-        os.replace(tmp, f)
+        import io
+
+        buf = io.BytesIO()
+        np.save(buf, row, allow_pickle=False)
+        write_bytes_atomic(self._entry(sha), buf.getvalue(), durable=False)

@@ -17,8 +17,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from edgeft.manifest import PreprocessSpec
-from edgeft.runtime.preprocess import load_image, preprocess
+from edgeft.core.errors import EdgeftError
+from edgeft.core.preprocess import PreprocessSpec, load_image, preprocess
 
 
 def seed_everything(seed: int) -> None:
@@ -32,8 +32,6 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        from edgeft.errors import EdgeftError
-
         raise EdgeftError(f"--device {device} asked, but CUDA is not available", fix="use --device cpu or auto")
     return device
 

@@ -7,25 +7,27 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeft.core.reports import SplitMetrics
 
-def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str]) -> dict:
+
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str]) -> SplitMetrics:
     from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
     labels = list(range(len(classes)))
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
-    return {
-        "n": int(len(y_true)),
-        "accuracy": float(accuracy_score(y_true, y_pred)) if len(y_true) else float("nan"),
-        "precision_macro": float(np.mean(p)),
-        "recall_macro": float(np.mean(r)),
-        "f1_macro": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
-        "f1_weighted": float(f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0)),
-        "per_class": {
+    return SplitMetrics(
+        n=int(len(y_true)),
+        accuracy=float(accuracy_score(y_true, y_pred)) if len(y_true) else None,
+        precision_macro=float(np.mean(p)),
+        recall_macro=float(np.mean(r)),
+        f1_macro=float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        f1_weighted=float(f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0)),
+        per_class={
             c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
             for i, c in enumerate(classes)
         },
-        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
-    }
+        confusion_matrix=confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+    )
 
 
 def _plt():

@@ -1,25 +1,32 @@
-"""`edgeft train`: data -> splits -> frozen backbone features -> head (-> optional fine-tune) -> run dir."""
+"""`edgeft train`: data -> splits -> frozen backbone features -> head (-> optional fine-tune) -> run dir.
+
+The run dir is built in a hidden sibling (core.files.staged_dir) and swapped in only when complete, with
+model.json written last: an interrupted training never leaves a half-written run and never damages an
+existing one. An existing run name is refused unless `overwrite` is set.
+"""
 
 from __future__ import annotations
 
 import os
 import platform
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch.utils.data import DataLoader
 
 import edgeft
+from edgeft.core.errors import EdgeftError
+from edgeft.core.files import cache_root, staged_dir, write_json_atomic
+from edgeft.core.manifests import BackboneInfo, HeadConfig, ModelManifest, SplitsDoc, WeightsInfo
+from edgeft.core.progress import Reporter, or_silent
+from edgeft.core.reports import MetricsDoc
 from edgeft.data.layouts import Dataset, load_dataset
-from edgeft.data.splits import SplitFractions, assign_splits, write_splits
-from edgeft.errors import EdgeftError
-from edgeft.manifest import ModelManifest, write_json_atomic
-from edgeft.train.backbones import DEFAULT_BACKBONE, Backbone, create_backbone, weights_digest
-from edgeft.train.features import FeatureExtractor, cache_root
+from edgeft.data.splits import SplitFractions, assign_splits, splits_doc
+from edgeft.models.backbones import DEFAULT_BACKBONE, Backbone, create_backbone, weights_digest
+from edgeft.models.classifier import Classifier, MLPHead, load_run, save_weights
+from edgeft.train.features import FeatureExtractor
 from edgeft.train.fit import (
     FitConfig,
     ImageSet,
@@ -32,13 +39,15 @@ from edgeft.train.fit import (
     unfreeze_top_blocks,
 )
 from edgeft.train.metrics import classification_metrics, plot_confusion, plot_curves, plot_prediction_grid
-from edgeft.train.model import Classifier, MLPHead, load_run, save_weights
 
 SYNTH_PER_CLASS = 150
+ROLES = ("train", "val", "test")
 
 
 @dataclass
 class TrainConfig:
+    """Every training option, defined once: the CLI builds it, the run dir records it."""
+
     task: str = "fish"
     data: Path | None = None
     species: list[str] | None = None
@@ -57,64 +66,73 @@ class TrainConfig:
     seed: int = 0
     out: Path = Path("runs")
     name: str | None = None
+    overwrite: bool = False
     device: str = "auto"
     fractions: SplitFractions = field(default_factory=SplitFractions)
     group_regex: str | None = None
     synth_per_class: int = SYNTH_PER_CLASS
     workers: int = 2
 
+    def record(self) -> dict:
+        """JSON-ready hyper-parameters for model.json."""
+        d = asdict(self)
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
+
 
 @dataclass
 class TrainResult:
     run_dir: Path
-    metrics: dict
+    metrics: MetricsDoc
     synthetic: bool
 
 
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[info]}"),
-        console=console,
-        transient=False,
-    )
+@dataclass
+class Split:
+    """One split's images: paths, label indices and content hashes, in a fixed order."""
+
+    paths: list[Path]
+    labels: np.ndarray
+    shas: list[str]
 
 
-def next_run_dir(out: Path, task: str, name: str | None) -> Path:
+def next_run_dir(out: Path, task: str, name: str | None, overwrite: bool) -> Path:
     """runs/<task>/<name>; without a name, exp, exp2, exp3, ... like other training tools."""
     base = out / task
     if name:
-        return base / name
+        target = base / name
+        if target.exists() and not overwrite:
+            raise EdgeftError(
+                "a run with this name already exists; it is left untouched",
+                path=target,
+                fix="pick another --name, or pass --overwrite to replace it once the new run is complete",
+            )
+        return target
     i = 1
     while (base / ("exp" if i == 1 else f"exp{i}")).exists():
         i += 1
     return base / ("exp" if i == 1 else f"exp{i}")
 
 
-def synthetic_fish(seed: int, per_class: int, console: Console, species: list[str] | None = None) -> Path:
+def synthetic_fish(seed: int, per_class: int, rep: Reporter) -> Path:
     """Generate (once, cached) the embedded synthetic fish dataset in the Kaggle layout."""
     from edgeft.data.synth import generate_dataset
 
     target = cache_root() / "synth" / f"fish-s{seed}-n{per_class}"
     marker = target / ".complete"
     if not marker.is_file():
-        console.print(f"Generating the SYNTHETIC fish dataset ({per_class} images/class, seed {seed}) in {target}")
-        with _progress(console) as prog:
-            task = prog.add_task("synth", total=None, info="")
-            generate_dataset(
-                target, per_class=per_class, seed=seed, progress=lambda d, t: prog.update(task, completed=d, total=t)
-            )
+        rep.note(f"generating the SYNTHETIC fish dataset ({per_class} images/class, seed {seed}) in {target}")
+        rep.task("synth", None)
+        generate_dataset(target, per_class=per_class, seed=seed, progress=rep.update)
         marker.write_text("ok\n")
     return target
 
 
-def _labels(ds: Dataset, assignment: dict[str, str], split: str) -> tuple[list[Path], np.ndarray, list[str]]:
+def _split(ds: Dataset, assignment: dict[str, str], split: str) -> Split:
     index = {c: i for i, c in enumerate(ds.classes)}
     recs = sorted((r for r in ds.records if assignment[r.path] == split), key=lambda r: (r.label, r.path))
-    return [ds.abspath(r) for r in recs], np.array([index[r.label] for r in recs], np.int64), [r.sha256 for r in recs]
+    return Split(
+        [ds.abspath(r) for r in recs], np.array([index[r.label] for r in recs], np.int64), [r.sha256 for r in recs]
+    )
 
 
 def _backbone(cfg: TrainConfig) -> tuple[Backbone, str | None]:
@@ -122,11 +140,11 @@ def _backbone(cfg: TrainConfig) -> tuple[Backbone, str | None]:
         return create_backbone(cfg.backbone, cfg.backbone_weights), None
     prev, man = load_run(cfg.init)
     bb = Backbone(
-        id=man.backbone["id"],
-        arch=man.backbone["arch"],
+        id=man.backbone.id,
+        arch=man.backbone.arch,
         module=prev.backbone,
-        feature_dim=int(man.backbone["feature_dim"]),
-        preprocess=man.preprocess_spec,
+        feature_dim=man.backbone.feature_dim,
+        preprocess=man.preprocess,
         source=f"run:{Path(cfg.init).resolve()}",
         blocks=[],
         pretrained=True,
@@ -134,104 +152,99 @@ def _backbone(cfg: TrainConfig) -> tuple[Backbone, str | None]:
     return bb, str(Path(cfg.init).resolve())
 
 
-def train(cfg: TrainConfig, console: Console | None = None) -> TrainResult:
-    console = console or Console()
-    seed_everything(cfg.seed)
-    torch.set_num_threads(max(1, min(os.cpu_count() or 1, 8)))
-    device = resolve_device(cfg.device)
+def _scan_and_split(cfg: TrainConfig, rep: Reporter) -> tuple[Dataset, SplitsDoc, bool]:
     synthetic = cfg.data is None
     if synthetic:
         if cfg.task != "fish":
             raise EdgeftError(
                 "`edgeft train folder` needs --data DIR", fix="pass --data pointing at a class-per-folder tree"
             )
-        console.print("[yellow]No --data given: training on the embedded SYNTHETIC fish dataset, not real photos.[/]")
-        data_root = synthetic_fish(cfg.seed, cfg.synth_per_class, console)
+        rep.note("no --data given: training on the embedded SYNTHETIC fish dataset, not real photos")
+        root = synthetic_fish(cfg.seed, cfg.synth_per_class, rep)
     else:
-        data_root = Path(cfg.data)
-
-    with _progress(console) as prog:
-        t = prog.add_task("scan", total=None, info="validate + hash")
-        ds = load_dataset(
-            data_root,
-            species=cfg.species,
-            group_regex=cfg.group_regex,
-            progress=lambda d, n: prog.update(t, completed=d, total=n),
-            workers=cfg.workers,
-        )
-    assignment = assign_splits(ds, cfg.seed, cfg.fractions)
-    run_dir = next_run_dir(Path(cfg.out), cfg.task, cfg.name)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "model.json").unlink(missing_ok=True)  # a rerun into the same dir is half-written until the end
-    splits_doc = write_splits(ds, assignment, cfg.seed, run_dir / "splits.json")
-    write_json_atomic(run_dir / "skipped.json", {"root": str(ds.root), "skipped": ds.skipped})
-    if ds.skipped:
-        console.print(f"[yellow]Skipped {len(ds.skipped)} bad file(s); see {run_dir / 'skipped.json'}[/]")
-    for split in ("train", "val", "test"):
-        empty = [c for c, n in splits_doc["counts"][split].items() if n == 0]
+        root = Path(cfg.data)
+    rep.task("scan (validate + hash)", None)
+    ds = load_dataset(root, species=cfg.species, group_regex=cfg.group_regex, workers=cfg.workers, progress=rep.update)
+    doc = splits_doc(ds, assign_splits(ds, cfg.seed, cfg.fractions), cfg.seed)
+    for split in ROLES:
+        empty = [c for c, n in doc.counts[split].items() if n == 0]
         if empty:
             raise EdgeftError(
                 f"split {split!r} has no images of {empty} (too few images or near-duplicate groups)",
                 path=ds.root,
                 fix="add more images per class, or lower the split fractions",
             )
+    if ds.skipped:
+        rep.note(f"skipped {len(ds.skipped)} bad file(s); they are listed in skipped.json")
+    return ds, doc, synthetic
 
-    bb, init_from = _backbone(cfg)
-    spec = bb.preprocess
-    head = MLPHead(bb.feature_dim, len(ds.classes), hidden=tuple(cfg.hidden), dropout=cfg.dropout)
+
+def _epoch_reporter(rep: Reporter):
+    def on_epoch(row: dict) -> None:
+        rep.advance(1)
+
+    return on_epoch
+
+
+def _head_phase(cfg, bb, head, data, fit_cfg, rep) -> tuple[dict, dict]:
+    """Phase 1: cached features of the frozen backbone, then the head fitted on them."""
+    fx = FeatureExtractor(bb.module, bb.preprocess, weights_digest(bb.module), bb.arch, device=fit_cfg.device)
+    feats = {}
+    for s in ROLES:
+        rep.task(f"features {s} ({fx.engine_name})", len(data[s].paths))
+        feats[s] = fx.extract(data[s].paths, data[s].shas, progress=rep.update)
+    tl, vl = feature_loaders(feats, {s: data[s].labels for s in ROLES}, cfg.batch_size, cfg.seed)
+    rep.task("head", cfg.epochs)
+    hist = fit(head, tl, vl, list(head.parameters()), fit_cfg, on_epoch=_epoch_reporter(rep))
+    phase = {
+        "history": hist.epochs,
+        "best_epoch": hist.best_epoch,
+        "stopped_early": hist.stopped_early,
+        "feature_engine": fx.engine_name,
+        "feature_cache_key": fx.key,
+    }
+    return phase, feats
+
+
+def _image_phase(cfg, model, params, data, fit_cfg, rep, name: str) -> dict:
+    """End to end on images: training from scratch, or phase 2 with the top blocks unfrozen."""
+    paths = {s: data[s].paths for s in ROLES}
+    labels = {s: data[s].labels.tolist() for s in ROLES}
+    tl, vl = image_loaders(paths, labels, model.spec, fit_cfg.batch_size, cfg.seed)
+    rep.task(name, fit_cfg.epochs)
+    hist = fit(model, tl, vl, params, fit_cfg, on_epoch=_epoch_reporter(rep))
+    return {"history": hist.epochs, "best_epoch": hist.best_epoch, "stopped_early": hist.stopped_early}
+
+
+def _logits(model: Classifier, data: Split, feats: np.ndarray | None) -> np.ndarray:
+    """Logits of the final model: from cached features when they still describe the backbone."""
+    if feats is not None:
+        pairs = list(zip(torch.from_numpy(feats), torch.from_numpy(data.labels), strict=True))
+        return evaluate(model.head, DataLoader(pairs, batch_size=512), torch.nn.CrossEntropyLoss(), "cpu")[2]
+    loader = DataLoader(ImageSet(data.paths, data.labels.tolist(), model.spec), batch_size=32)
+    return evaluate(model, loader, torch.nn.CrossEntropyLoss(), "cpu")[2]
+
+
+def _fit_model(cfg: TrainConfig, bb: Backbone, n_classes: int, data: dict[str, Split], device: str, rep: Reporter):
+    head = MLPHead(bb.feature_dim, n_classes, hidden=tuple(cfg.hidden), dropout=cfg.dropout)
     model = Classifier(bb.module, head)
+    model.spec = bb.preprocess
     for p in model.backbone.parameters():
         p.requires_grad_(not bb.pretrained)
-    data = {s: _labels(ds, assignment, s) for s in ("train", "val", "test")}
-    paths = {s: data[s][0] for s in data}
-    labels = {s: data[s][1] for s in data}
     fit_cfg = FitConfig(cfg.epochs, cfg.lr, 1e-4, cfg.batch_size, cfg.patience, device=device, seed=cfg.seed)
     phases: dict[str, dict] = {}
-
-    def epoch_cb(prog: Progress, task):
-        def cb(row: dict) -> None:
-            prog.update(
-                task,
-                advance=1,
-                info=f"loss {row['train_loss']:.3f} val_loss {row['val_loss']:.3f} val_acc {row['val_acc']:.3f}",
-            )
-
-        return cb
-
+    feats = None
     if bb.pretrained:
-        fx = FeatureExtractor(bb.module, spec, weights_digest(bb.module), bb.arch, device=device, cache_dir=None)
-        feats = {}
-        with _progress(console) as prog:
-            for s in ("train", "val", "test"):
-                t = prog.add_task(f"features {s}", total=len(paths[s]), info=fx.engine_name)
-                feats[s] = fx.extract(
-                    paths[s], data[s][2], progress=lambda d, n, t=t: prog.update(t, completed=d, total=n)
-                )
-            tl, vl = feature_loaders(feats, labels, cfg.batch_size, cfg.seed)
-            t = prog.add_task("head", total=cfg.epochs, info="")
-            hist = fit(head, tl, vl, list(head.parameters()), fit_cfg, on_epoch=epoch_cb(prog, t))
-        phases["head"] = {
-            "history": hist.epochs,
-            "best_epoch": hist.best_epoch,
-            "stopped_early": hist.stopped_early,
-            "feature_engine": fx.engine_name,
-            "feature_cache_key": fx.key,
-        }
+        phases["head"], feats = _head_phase(cfg, bb, head, data, fit_cfg, rep)
     else:
-        feats = {}
-        with _progress(console) as prog:
-            t = prog.add_task("train (scratch)", total=cfg.epochs, info="")
-            tl, vl = image_loaders(paths, {s: labels[s].tolist() for s in labels}, spec, cfg.batch_size, cfg.seed)
-            hist = fit(model, tl, vl, [p for p in model.parameters()], fit_cfg, on_epoch=epoch_cb(prog, t))
-        phases["scratch"] = {"history": hist.epochs, "best_epoch": hist.best_epoch, "stopped_early": hist.stopped_early}
-
+        phases["scratch"] = _image_phase(cfg, model, list(model.parameters()), data, fit_cfg, rep, "train (scratch)")
     if cfg.finetune_epochs > 0 and bb.pretrained:
         if not bb.blocks:
             raise EdgeftError(
                 "--finetune-epochs is not available with --init runs", fix="fine-tune the source run instead"
             )
-        params = unfreeze_top_blocks(bb.blocks, cfg.finetune_blocks)
-        ft_cfg = FitConfig(
+        params = list(head.parameters()) + unfreeze_top_blocks(bb.blocks, cfg.finetune_blocks)
+        ft = FitConfig(
             cfg.finetune_epochs,
             cfg.finetune_lr,
             1e-4,
@@ -240,75 +253,91 @@ def train(cfg: TrainConfig, console: Console | None = None) -> TrainResult:
             device=device,
             seed=cfg.seed,
         )
-        with _progress(console) as prog:
-            t = prog.add_task(f"fine-tune top {cfg.finetune_blocks}", total=cfg.finetune_epochs, info="")
-            tl, vl = image_loaders(paths, {s: labels[s].tolist() for s in labels}, spec, ft_cfg.batch_size, cfg.seed)
-            hist = fit(model, tl, vl, list(head.parameters()) + params, ft_cfg, on_epoch=epoch_cb(prog, t))
-        phases["finetune"] = {"history": hist.epochs, "best_epoch": hist.best_epoch, "blocks": cfg.finetune_blocks}
+        phases["finetune"] = _image_phase(cfg, model, params, data, ft, rep, f"fine-tune top {cfg.finetune_blocks}")
+        phases["finetune"]["blocks"] = cfg.finetune_blocks
         for p in model.parameters():
             p.requires_grad_(False)
-
+        feats = None  # the backbone changed: cached features no longer describe it
     model.eval().cpu()
-    features_valid = bb.pretrained and "finetune" not in phases  # cached features still describe the backbone
+    return model, phases, feats
 
-    def logits_of(split: str) -> np.ndarray:
-        if features_valid:
-            ds_ = list(zip(torch.from_numpy(feats[split]), torch.from_numpy(labels[split]), strict=True))
-            return evaluate(head, DataLoader(ds_, batch_size=512), torch.nn.CrossEntropyLoss(), "cpu")[2]
-        loader = DataLoader(ImageSet(paths[split], labels[split].tolist(), spec), batch_size=32)
-        return evaluate(model, loader, torch.nn.CrossEntropyLoss(), "cpu")[2]
 
-    y_pred = logits_of("test").argmax(1)
-    metrics = {
-        "test": classification_metrics(labels["test"], y_pred, ds.classes),
-        "val": classification_metrics(labels["val"], logits_of("val").argmax(1), ds.classes),
-    }
-    metrics["phases"] = phases
-    metrics["synthetic_data"] = synthetic
-
-    sha = save_weights(model, run_dir)
-    history = [r for ph in phases.values() for r in ph["history"]]
-    for i, r in enumerate(history, 1):
-        r["step"] = i
-    plot_curves([{**r, "epoch": r["step"]} for r in history], run_dir / "curves.png", title=run_dir.name)
-    plot_confusion(metrics["test"]["confusion_matrix"], ds.classes, run_dir / "confusion_matrix.png")
-    plot_prediction_grid(
-        paths["test"], labels["test"].tolist(), y_pred.tolist(), ds.classes, run_dir / "predictions.png"
+def _write_run(
+    cfg, run_dir: Path, work: Path, ds: Dataset, doc: SplitsDoc, model, phases, feats, data, bb, init_from, synthetic
+) -> MetricsDoc:
+    y_pred = _logits(model, data["test"], None if feats is None else feats["test"]).argmax(1)
+    y_val = _logits(model, data["val"], None if feats is None else feats["val"]).argmax(1)
+    metrics = MetricsDoc(
+        test=classification_metrics(data["test"].labels, y_pred, ds.classes),
+        val=classification_metrics(data["val"].labels, y_val, ds.classes),
+        phases=phases,
+        synthetic_data=synthetic,
+        images_per_role={s: len(doc.of(s)) for s in ("train", "val", "calib", "test")},
     )
-    write_json_atomic(run_dir / "metrics.json", metrics)
-    manifest = ModelManifest(
+    doc.save(work)
+    write_json_atomic(work / "skipped.json", {"root": str(ds.root), "skipped": ds.skipped})
+    sha = save_weights(model, work)
+    history = [r for ph in phases.values() for r in ph["history"]]
+    plot_curves([{**r, "epoch": i} for i, r in enumerate(history, 1)], work / "curves.png", title=run_dir.name)
+    plot_confusion(metrics.test.confusion_matrix, ds.classes, work / "confusion_matrix.png")
+    plot_prediction_grid(
+        data["test"].paths, data["test"].labels.tolist(), y_pred.tolist(), ds.classes, work / "predictions.png"
+    )
+    metrics.save(work)
+    ModelManifest(
         task=cfg.task,
         name=run_dir.name,
-        backbone={
-            "id": bb.id,
-            "arch": bb.arch,
-            "feature_dim": bb.feature_dim,
-            "source": bb.source,
-            "pretrained": bb.pretrained,
-            "weights_sha256": weights_digest(model.backbone),
-            "frozen": "finetune" not in phases and bb.pretrained,
-        },
+        backbone=BackboneInfo(
+            id=bb.id,
+            arch=bb.arch,
+            feature_dim=bb.feature_dim,
+            source=bb.source,
+            pretrained=bb.pretrained,
+            weights_sha256=weights_digest(model.backbone),
+            frozen="finetune" not in phases and bb.pretrained,
+        ),
         classes=list(ds.classes),
-        preprocess=spec.to_dict(),
-        head={"hidden": list(cfg.hidden), "dropout": cfg.dropout},
-        weights={"file": "model.safetensors", "sha256": sha},
+        preprocess=bb.preprocess,
+        head=HeadConfig(kind="mlp" if cfg.hidden else "linear", hidden=list(cfg.hidden), dropout=cfg.dropout),
+        weights=WeightsInfo(file="model.safetensors", sha256=sha),
         seed=cfg.seed,
         finetune={"epochs": cfg.finetune_epochs, "blocks": cfg.finetune_blocks} if "finetune" in phases else {},
         init_from=init_from,
+        hyperparameters=cfg.record(),
         versions=_versions(),
         data={"root": str(ds.root), "layout": ds.layout, "synthetic": synthetic, "skipped": len(ds.skipped)},
-    )
-    manifest.save(run_dir)  # written last: its presence marks a complete run dir
+    ).save(work)  # written last: its presence marks a complete run dir
+    return metrics
+
+
+def train(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
+    """Train a run and write its run dir; returns where it is and its metrics."""
+    rep = or_silent(reporter)
+    seed_everything(cfg.seed)
+    torch.set_num_threads(max(1, min(os.cpu_count() or 1, 8)))
+    device = resolve_device(cfg.device)
+    run_dir = next_run_dir(Path(cfg.out), cfg.task, cfg.name, cfg.overwrite)
+    ds, doc, synthetic = _scan_and_split(cfg, rep)
+    assignment = {it.path: it.split for it in doc.items}
+    data = {s: _split(ds, assignment, s) for s in ROLES}
+    bb, init_from = _backbone(cfg)
+    model, phases, feats = _fit_model(cfg, bb, len(ds.classes), data, device, rep)
+    with staged_dir(run_dir) as work:
+        metrics = _write_run(cfg, run_dir, work, ds, doc, model, phases, feats, data, bb, init_from, synthetic)
     return TrainResult(run_dir, metrics, synthetic)
 
 
-def _versions() -> dict:
-    import timm
-
-    return {
+def _versions() -> dict[str, str]:
+    out = {
         "edgeft": edgeft.__version__,
         "torch": torch.__version__,
-        "timm": timm.__version__,
         "python": platform.python_version(),
         "numpy": np.__version__,
     }
+    try:
+        import timm
+
+        out["timm"] = timm.__version__
+    except ImportError:
+        pass
+    return out

@@ -1,0 +1,58 @@
+"""THE gate: one verdict rule for what export ships, what `edgeft parity` passes, what `auto` and serve pick.
+
+FP32 artifacts must reproduce the reference: top-1 agreement 1.0 and max |Δlogit| <= logit_tol.
+Reduced precisions (fp16, bf16, int8) must reach min_agreement and lose at most max_drop accuracy points.
+Below min_n images the gate does not certify ("too few images"): a proportion measured on a handful of
+images cannot tell 99% from 95%.
+"""
+
+from __future__ import annotations
+
+from edgeft.core.manifests import GateRecord
+from edgeft.core.reports import Comparison, GateSettings
+
+PASS, FAIL, TOO_FEW = "pass", "fail", "too few images"
+
+
+class Gate(GateSettings):
+    """GateSettings plus the rule that judges a Comparison."""
+
+    def settings(self) -> GateSettings:
+        return GateSettings(**self.model_dump())
+
+    def judge(self, precision: str, c: Comparison, judged_on: str = "") -> GateRecord:
+        reasons = []
+        if precision == "fp32":
+            if c.agreement < 1.0:
+                reasons.append(f"fp32 top-1 agreement {c.agreement:.4f} < 1.0 ({c.n_flipped} flipped)")
+            if not c.max_abs_logit_diff <= self.logit_tol:
+                reasons.append(f"fp32 max |Δlogit| {c.max_abs_logit_diff:.3g} > {self.logit_tol:.3g}")
+        else:
+            if c.agreement < self.min_agreement:
+                reasons.append(
+                    f"{precision} top-1 agreement {c.agreement:.4f} (95% CI {c.agreement_low:.4f}-"
+                    f"{c.agreement_high:.4f}, n={c.n}) < {self.min_agreement:.4f}"
+                )
+            if c.delta_accuracy_pts is not None and -c.delta_accuracy_pts > self.max_drop:
+                reasons.append(f"{precision} accuracy drop {-c.delta_accuracy_pts:.2f} pts > {self.max_drop:.2f} pts")
+        verdict = FAIL if reasons else PASS
+        if not reasons and c.n < self.min_n:
+            verdict = TOO_FEW
+            reasons.append(f"judged on {c.n} images; the gate certifies from {self.min_n}")
+        return GateRecord(
+            passed=verdict == PASS,
+            verdict=verdict,
+            n=c.n,
+            agreement=c.agreement,
+            agreement_low=c.agreement_low,
+            agreement_high=c.agreement_high,
+            max_abs_logit_diff=c.max_abs_logit_diff,
+            delta_accuracy_pts=c.delta_accuracy_pts,
+            reasons=reasons,
+            judged_on=judged_on,
+        )
+
+
+def failed_to_run(reason: str, judged_on: str = "") -> GateRecord:
+    """The verdict for an artifact that could not even be loaded or run."""
+    return GateRecord(passed=False, verdict=FAIL, reasons=[f"cannot run: {reason}"], judged_on=judged_on)

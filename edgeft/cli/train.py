@@ -1,0 +1,171 @@
+"""`edgeft train fish|folder` and `edgeft eval`: parse, call edgeft.train, print where the outputs are."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from edgeft.cli import console
+from edgeft.core.errors import EdgeftError
+
+train_app = typer.Typer(help="Fine-tune a frozen-backbone classifier; writes a run dir.", no_args_is_help=True)
+
+
+def _names(value: str | None) -> list[str] | None:
+    if not value:
+        return None
+    names = [s.strip() for s in value.split(",") if s.strip()]
+    if len(set(names)) != len(names):
+        raise EdgeftError(f"--species lists a name twice: {names}", fix="list each species once")
+    return names
+
+
+def _hidden(value: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise EdgeftError(
+            f"--hidden {value!r} is not a comma-separated list of integers", fix="e.g. --hidden 256 or --hidden 512,128"
+        ) from None
+
+
+# Every training option, defined once for both `train fish` and `train folder`.
+OPTIONS = {
+    "species": typer.Option(None, "--species", help='Comma-separated class names, e.g. "Red Mullet,Sea Bass".'),
+    "init": typer.Option(
+        None, "--init", help="Transfer from RUN: keep its feature extractor frozen, learn a new head."
+    ),
+    "backbone": typer.Option(
+        "efficientnet_lite0",
+        "--backbone",
+        help="efficientnet_lite0 | resnet18 | mobilenet_v3_large | small_cnn | tinynet | a timm name.",
+    ),
+    "backbone_weights": typer.Option(None, "--backbone-weights", help="Local weights file (.safetensors/.pth)."),
+    "epochs": typer.Option(40, "--epochs", help="Head epochs (early stopping on val loss)."),
+    "finetune_epochs": typer.Option(0, "--finetune-epochs", help="Phase 2: epochs with the top blocks unfrozen."),
+    "finetune_blocks": typer.Option(2, "--finetune-blocks", help="How many top backbone blocks phase 2 unfreezes."),
+    "lr": typer.Option(3e-3, "--lr", help="Head learning rate."),
+    "batch_size": typer.Option(64, "--batch-size", help="Training batch size."),
+    "hidden": typer.Option("256", "--hidden", help="Head hidden sizes, comma-separated; empty for linear."),
+    "dropout": typer.Option(0.3, "--dropout", help="Head dropout."),
+    "patience": typer.Option(8, "--patience", help="Early-stopping patience in epochs."),
+    "seed": typer.Option(0, "--seed", help="Seed of splits, initialisation and shuffling."),
+    "out": typer.Option(Path("runs"), "--out", help="Runs root; the run dir is OUT/<task>/<name>."),
+    "name": typer.Option(None, "--name", help="Run name (default exp, exp2, ...)."),
+    "overwrite": typer.Option(
+        False, "--overwrite", help="Replace an existing run of this --name once the new one is complete."
+    ),
+    "device": typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    "val_frac": typer.Option(0.15, "--val-frac", help="Fraction of each class for validation."),
+    "calib_frac": typer.Option(0.10, "--calib-frac", help="Fraction of each class held out for INT8 calibration."),
+    "test_frac": typer.Option(0.20, "--test-frac", help="Fraction of each class for the test split."),
+    "group_regex": typer.Option(
+        None, "--group-regex", help="Regex whose first group is a group key (e.g. a track id)."
+    ),
+    "synth_per_class": typer.Option(150, "--synth-per-class", help="Images per species of the synthetic default."),
+}
+
+
+def run_training(task: str, data: Path | None, **kw) -> None:
+    from edgeft.data.splits import SplitFractions
+    from edgeft.train.run import TrainConfig, train
+
+    if kw["epochs"] < 1 or kw["finetune_epochs"] < 0:
+        raise EdgeftError("--epochs must be >= 1 and --finetune-epochs >= 0", fix="pass positive epoch counts")
+    cfg = TrainConfig(
+        task=task,
+        data=data,
+        species=_names(kw.pop("species")),
+        hidden=_hidden(kw.pop("hidden")),
+        fractions=SplitFractions(kw.pop("val_frac"), kw.pop("calib_frac"), kw.pop("test_frac")),
+        **kw,
+    )
+    with console.reporting() as rep:
+        result = train(cfg, rep)
+    test = result.metrics.test
+    note = " (synthetic data)" if result.synthetic else ""
+    console.labelled("Test accuracy", f"{test.accuracy:.4f}{note}  macro-F1 {test.f1_macro:.4f}  (n={test.n})")
+    console.outputs("Run dir", result.run_dir)
+
+
+@train_app.command("fish")
+def train_fish(
+    data: Path = typer.Option(
+        None, "--data", help="Fish_Dataset root (or its parent); default: embedded synthetic fish."
+    ),
+    species: str = OPTIONS["species"],
+    init: Path = OPTIONS["init"],
+    backbone: str = OPTIONS["backbone"],
+    backbone_weights: Path = OPTIONS["backbone_weights"],
+    epochs: int = OPTIONS["epochs"],
+    finetune_epochs: int = OPTIONS["finetune_epochs"],
+    finetune_blocks: int = OPTIONS["finetune_blocks"],
+    lr: float = OPTIONS["lr"],
+    batch_size: int = OPTIONS["batch_size"],
+    hidden: str = OPTIONS["hidden"],
+    dropout: float = OPTIONS["dropout"],
+    patience: int = OPTIONS["patience"],
+    seed: int = OPTIONS["seed"],
+    out: Path = OPTIONS["out"],
+    name: str = OPTIONS["name"],
+    overwrite: bool = OPTIONS["overwrite"],
+    device: str = OPTIONS["device"],
+    val_frac: float = OPTIONS["val_frac"],
+    calib_frac: float = OPTIONS["calib_frac"],
+    test_frac: float = OPTIONS["test_frac"],
+    group_regex: str = OPTIONS["group_regex"],
+    synth_per_class: int = OPTIONS["synth_per_class"],
+) -> None:
+    """Train a fish-species classifier (Large-Scale Fish Dataset layout, or the synthetic default)."""
+    run_training("fish", **locals())
+
+
+@train_app.command("folder")
+def train_folder(
+    data: Path = typer.Option(..., "--data", help="Class-per-folder or train/val/test tree."),
+    species: str = OPTIONS["species"],
+    init: Path = OPTIONS["init"],
+    backbone: str = OPTIONS["backbone"],
+    backbone_weights: Path = OPTIONS["backbone_weights"],
+    epochs: int = OPTIONS["epochs"],
+    finetune_epochs: int = OPTIONS["finetune_epochs"],
+    finetune_blocks: int = OPTIONS["finetune_blocks"],
+    lr: float = OPTIONS["lr"],
+    batch_size: int = OPTIONS["batch_size"],
+    hidden: str = OPTIONS["hidden"],
+    dropout: float = OPTIONS["dropout"],
+    patience: int = OPTIONS["patience"],
+    seed: int = OPTIONS["seed"],
+    out: Path = OPTIONS["out"],
+    name: str = OPTIONS["name"],
+    overwrite: bool = OPTIONS["overwrite"],
+    device: str = OPTIONS["device"],
+    val_frac: float = OPTIONS["val_frac"],
+    calib_frac: float = OPTIONS["calib_frac"],
+    test_frac: float = OPTIONS["test_frac"],
+    group_regex: str = OPTIONS["group_regex"],
+    synth_per_class: int = OPTIONS["synth_per_class"],
+) -> None:
+    """Train on any class-per-folder (or pre-split) image tree."""
+    run_training("folder", **locals())
+
+
+def eval_cmd(
+    run: Path = typer.Argument(None, help="Run dir written by `edgeft train` (default: the latest under runs/)."),
+    data: Path = typer.Option(None, "--data", help="Evaluate on this tree instead of the run's test split."),
+) -> None:
+    """Recompute metrics of a run's PyTorch model on its test split, or on another image tree."""
+    from edgeft.train.evaluate import evaluate_run
+
+    with console.reporting() as rep:
+        result, out, run_dir = evaluate_run(run, data, rep)
+    if run is None:
+        console.labelled("Run", f"{run_dir} (the latest under runs/)", stderr=True)
+    console.labelled("Accuracy", f"{result.accuracy:.4f}  macro-F1 {result.f1_macro:.4f}  (n={result.n})")
+    console.outputs("Metrics written to", out)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(train_app, name="train")
+    app.command("eval")(eval_cmd)

@@ -1,0 +1,219 @@
+"""THE preprocessing: its spec (written once into model.json/bundle.json) and its one numpy/PIL implementation.
+
+Training evaluation, feature caching, calibration, parity and serving all call `preprocess`. Its
+numerics match timm/torchvision's eval transform (Resize shorter side -> CenterCrop -> ToTensor ->
+Normalize) for PIL input; tests prove it within 1e-5. Torch-free.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+
+from edgeft.core.errors import ImageDecodeError
+from edgeft.core.hashing import stable_hash
+
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
+CROPS = ("center", "squash")
+
+_PIL_INTERP = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
+class PreprocessSpec(BaseModel):
+    """The one numeric preprocessing definition shared by training, calibration, parity and serving.
+
+    crop="center": the shorter side is resized to resize_size, then a centre square of input_size is cut.
+    crop="squash": the image is resized straight to input_size x input_size.
+    Pixels are scaled to [0, 1], then (x - mean) / std, channel order RGB, layout NCHW, float32.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    input_size: int = 224
+    resize_size: int = 256
+    crop: str = "center"
+    interpolation: str = "bicubic"
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    channel_order: str = "RGB"
+    layout: str = "NCHW"
+
+    @field_validator("interpolation")
+    @classmethod
+    def _interp(cls, v: str) -> str:
+        if v not in INTERPOLATIONS:
+            raise ValueError(f"must be one of {INTERPOLATIONS}")
+        return v
+
+    @field_validator("crop")
+    @classmethod
+    def _crop(cls, v: str) -> str:
+        if v not in CROPS:
+            raise ValueError(f"must be one of {CROPS}")
+        return v
+
+    @field_validator("std")
+    @classmethod
+    def _std(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(s <= 0 for s in v):
+            raise ValueError("std values must be > 0")
+        return v
+
+    @model_validator(mode="after")
+    def _sizes(self) -> PreprocessSpec:
+        if self.input_size < 8 or self.resize_size < self.input_size:
+            raise ValueError("need input_size >= 8 and resize_size >= input_size")
+        if self.channel_order != "RGB" or self.layout != "NCHW":
+            raise ValueError("only channel_order RGB and layout NCHW are supported")
+        return self
+
+    def to_dict(self) -> dict:
+        d = self.model_dump(mode="json")
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    def digest(self) -> str:
+        return stable_hash(self.to_dict())
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL mode (L, LA, P, RGBA, I;16, I, F, CMYK) to 8-bit RGB."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img).astype(np.float64)
+        if img.mode.startswith("I;16"):
+            arr = arr / 257.0
+        elif arr.size and arr.max() > 255:
+            arr = arr * (255.0 / arr.max())
+        return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    return img.convert("RGB")
+
+
+def load_image(source: str | Path | bytes, name: str | None = None) -> Image.Image:
+    """Decode a file or bytes into an RGB PIL image, applying EXIF orientation.
+
+    Raises ImageDecodeError for zero-byte, truncated, corrupt, non-image or decompression-bomb input.
+    Pillow's decompression-bomb guard stays on (Image.MAX_IMAGE_PIXELS is never changed).
+    """
+    label = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
+    try:
+        data = source if isinstance(source, bytes) else Path(source).read_bytes()
+    except OSError as exc:
+        raise ImageDecodeError(f"cannot read file ({exc.strerror})", reason="unreadable", path=label) from None
+    if len(data) == 0:
+        raise ImageDecodeError("file is empty (0 bytes)", reason="empty", path=label)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            img.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError(f"image too large ({exc})", reason="decompression_bomb", path=label) from None
+    except UnidentifiedImageError:
+        raise ImageDecodeError("not an image Pillow can identify", reason="not_an_image", path=label) from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        reason = "truncated" if "truncated" in str(exc).lower() else "corrupt"
+        raise ImageDecodeError(f"corrupt image data ({exc})", reason=reason, path=label) from None
+    if img.width < 1 or img.height < 1:
+        raise ImageDecodeError("image has no pixels", reason="empty", path=label)
+    with contextlib.suppress(Exception):  # a broken EXIF block must not reject an otherwise valid image
+        img = ImageOps.exif_transpose(img)
+    return to_rgb(img)
+
+
+def resize_crop(img: Image.Image, spec: PreprocessSpec) -> Image.Image:
+    """Geometric part of the preprocessing, as torchvision does it on PIL images."""
+    interp = _PIL_INTERP[spec.interpolation]
+    if spec.crop == "squash":
+        return img.resize((spec.input_size, spec.input_size), interp)
+    w, h = img.size
+    short, long = (w, h) if w <= h else (h, w)
+    new_short, new_long = spec.resize_size, int(spec.resize_size * long / short)
+    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    if (new_w, new_h) != (w, h):
+        img = img.resize((new_w, new_h), interp)
+    size = spec.input_size
+    top = int(round((new_h - size) / 2.0))
+    left = int(round((new_w - size) / 2.0))
+    return img.crop((left, top, left + size, top + size))
+
+
+def normalize(rgb_uint8: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """HWC uint8 RGB -> CHW float32 normalised."""
+    x = rgb_uint8.astype(np.float32) / np.float32(255.0)
+    x = (x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def preprocess(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
+    """RGB PIL image -> (3, S, S) float32 array ready for the model."""
+    return normalize(np.asarray(resize_crop(to_rgb(img), spec)), spec)
+
+
+def preprocess_batch(images: list[Image.Image], spec: PreprocessSpec) -> np.ndarray:
+    if not images:
+        return np.zeros((0, 3, spec.input_size, spec.input_size), np.float32)
+    return np.stack([preprocess(im, spec) for im in images])
+
+
+def preprocess_path(path: str | Path, spec: PreprocessSpec) -> np.ndarray:
+    return preprocess(load_image(path), spec)
+
+
+def preprocess_many(
+    sources: Sequence[str | Path | bytes],
+    spec: PreprocessSpec,
+    workers: int | None = None,
+    advance: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, list[int], list[tuple[int, ImageDecodeError]]]:
+    """Decode + preprocess many images in parallel: ((N_ok, 3, S, S) array, ok indices, [(index, error)]).
+
+    PIL releases the GIL while decoding and resizing, so a few threads overlap. The only batch
+    preprocessing helper: feature caching, calibration, eval sets and parity all call it.
+    """
+
+    def one(src: str | Path | bytes) -> np.ndarray | ImageDecodeError:
+        try:
+            return preprocess(load_image(src), spec)
+        except ImageDecodeError as exc:
+            return exc
+
+    arrays, ok, failed = [], [], []
+    with ThreadPoolExecutor(max_workers=workers or decode_workers()) as pool:
+        for i, res in enumerate(pool.map(one, sources)):
+            if isinstance(res, ImageDecodeError):
+                failed.append((i, res))
+            else:
+                arrays.append(res)
+                ok.append(i)
+            if advance:
+                advance(1)
+    s = spec.input_size
+    x = np.stack(arrays) if arrays else np.zeros((0, 3, s, s), np.float32)
+    return x, ok, failed
+
+
+def decode_workers() -> int:
+    """Decode threads: one per usable core, at most 4 (PIL releases the GIL while decoding and resizing)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(4, cores))

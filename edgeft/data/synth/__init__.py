@@ -1,0 +1,29 @@
+"""Procedural, deterministic synthetic fish photos: the embedded default dataset.
+
+The real "A Large-Scale Fish Dataset" (Ulucan et al. 2020) cannot be downloaded everywhere, so training,
+tests and demos fall back to this stand-in. It copies what matters for the pipeline: the nine class names
+and the Kaggle folder layout with binary GT masks, classes that differ in body shape, fins, colour and
+markings, two genuinely confusable pairs, photo nuisances (tray/ice/water backgrounds, lighting, blur,
+noise, occluders), and the real dataset's habit of storing flipped/rotated copies of one photo. Those copies
+are recorded as ground-truth groups in synth.json so group-aware splits can be checked.
+
+Every fish is drawn analytically in its own body coordinates (u along the body from snout to tail root,
+v across it, both in body lengths), so shapes stay smooth at any size without per-pixel Python loops.
+
+Difficulty is tuned, not accidental: with the defaults (150 images/class, seed 0) a frozen ImageNet
+EfficientNet-Lite0 plus logistic regression scores about 91-92% on a group-aware split (about 95% when
+copies leak across the split); most errors are Red Mullet vs Striped Red Mullet and the silvery fish.
+Changing colours, marks or nuisance rates moves that number: re-measure after edits.
+
+Modules, in drawing order: species (names and look templates), draw (raster primitives, background),
+body (specimen geometry, texture and markings), raster (the fish's layers), render (pose, shadow, occluders,
+camera: one photo), generate (flipped/rotated views, seeds, files on disk).
+"""
+
+from __future__ import annotations
+
+from edgeft.data.synth.generate import generate_dataset
+from edgeft.data.synth.render import render_specimen
+from edgeft.data.synth.species import FISH_SPECIES, GENERATOR
+
+__all__ = ["FISH_SPECIES", "GENERATOR", "generate_dataset", "render_specimen"]

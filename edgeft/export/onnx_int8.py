@@ -1,0 +1,46 @@
+"""INT8 Q/DQ ONNX artifacts, quantized from the bundle's FP32 ONNX with ONNX Runtime's static quantizer.
+
+The S8S8 copy ("onnx-int8") is what TensorRT and OpenVINO consume, so its graph is checked against
+TensorRT's explicit-quantization rules here, on any machine; the U8S8 copy ("onnx-int8-cpu") is the one
+ONNX Runtime's x86 kernels run fastest. Both get the same metadata as the FP32 file.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from edgeft.export.context import Built, ExportContext
+from edgeft.export.qdq_check import check_qdq_for_tensorrt
+from edgeft.export.quant import ort as ort_quant
+
+FP32_FILE = "model.onnx"
+
+
+def build(ctx: ExportContext) -> None:
+    """The Q/DQ INT8 variants of the FP32 ONNX (nothing without --int8)."""
+    from edgeft.models.onnx import finalize
+
+    if not ctx.options.int8:
+        return
+    cal = ctx.calibration_data()
+    with tempfile.TemporaryDirectory(prefix="edgeft-quant-") as tmp:
+        ctx.step("INT8: quant_pre_process")
+        pre = ort_quant.pre_process(ctx.work / FP32_FILE, Path(tmp) / "model.pre.onnx")
+        for variant in ort_quant.VARIANTS:
+            if variant is ort_quant.U8S8_CPU and not ort_quant.EMIT_CPU_VARIANT:
+                continue
+            ctx.step(f"INT8: quantize_static {variant.artifact} ({cal.method}, {len(cal.tensors)} calib images)")
+            out = ctx.work / variant.filename
+            info = ort_quant.quantize(pre, out, variant, cal.tensors, cal.method, cal.ranges_cache)
+            info["calibration_key"] = cal.key
+            info["nodes"] = finalize(out, ctx.metadata)
+            problems = check_qdq_for_tensorrt(out)
+            info["tensorrt_compatible"] = not problems
+            if variant is ort_quant.S8S8:
+                info["tensorrt_qdq_problems"] = problems[:20]
+                if problems:
+                    ctx.note(
+                        f"{variant.artifact}: Q/DQ graph breaks TensorRT rules: {problems[0]} (+{len(problems) - 1} more)"
+                    )
+            ctx.add(Built(variant.artifact, "onnx", "int8", variant.filename, info=info))

@@ -1,0 +1,297 @@
+"""Bundle -> predictions: decode on a thread pool, preprocess (THE preprocessing), batch, infer, softmax, top-k.
+
+`Predictor` is the one model wrapper on the serve path: `edgeft predict`, the stream loop, the HTTP app and
+the bench all run images through it, and it produces the one `Prediction` schema.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image
+
+from edgeft.core.errors import EdgeftError, ImageDecodeError
+from edgeft.core.hashing import sha256_file
+from edgeft.core.manifests import BundleManifest
+from edgeft.core.numeric import softmax, topk_indices
+from edgeft.core.preprocess import PreprocessSpec, decode_workers, load_image, preprocess
+from edgeft.engines.select import open_bundle
+from edgeft.serve.batcher import DynamicBatcher
+from edgeft.serve.config import PredictOptions
+from edgeft.serve.schema import Label, Prediction
+
+Item = str | Path | Image.Image | np.ndarray | bytes
+
+
+class EngineLike(Protocol):
+    """What the Predictor needs of an engine: an edgeft.engines Engine, or a test/bench wrapper around one."""
+
+    def infer(self, batch: np.ndarray) -> np.ndarray: ...
+
+    def describe(self) -> str: ...
+
+    def close(self) -> None: ...
+
+
+def item_source(item: Any, position: int) -> str:
+    """A printable name for an input: the path, or a placeholder with its position for in-memory data."""
+    if isinstance(item, (str, Path)):
+        return str(item)
+    kinds = {bytes: "bytes", Image.Image: "image", np.ndarray: "array"}
+    kind = next((name for cls, name in kinds.items() if isinstance(item, cls)), type(item).__name__)
+    return f"<{kind} #{position}>"
+
+
+def prepare_item(item: Item, spec: PreprocessSpec, source: str | None = None) -> np.ndarray:
+    """Any supported input -> (3, S, S) float32; raises ImageDecodeError for unusable input.
+
+    np.ndarray inputs are either HxWx3 uint8 RGB images (camera frames, preprocessed here) or already
+    preprocessed (3, S, S) float32 tensors (passed through).
+    """
+    s = spec.input_size
+    name = source or item_source(item, 0)
+    if isinstance(item, np.ndarray):
+        if item.dtype == np.float32 and item.shape == (3, s, s):
+            return np.ascontiguousarray(item)
+        if item.dtype == np.uint8 and item.ndim == 3 and item.shape[2] == 3 and min(item.shape[:2]) >= 1:
+            return preprocess(Image.fromarray(item, "RGB"), spec)
+        raise ImageDecodeError(
+            f"array of shape {item.shape} and dtype {item.dtype} is neither an HxWx3 uint8 RGB image "
+            f"nor a preprocessed (3, {s}, {s}) float32 tensor",
+            reason="unsupported_array",
+            path=name,
+        )
+    if isinstance(item, Image.Image):
+        return preprocess(item, spec)
+    if isinstance(item, (str, Path, bytes)):
+        return preprocess(load_image(item, name=name), spec)
+    raise ImageDecodeError(
+        f"unsupported input type {type(item).__name__}; pass a path, bytes, PIL image or numpy array",
+        reason="unsupported_type",
+        path=name,
+    )
+
+
+def failed_prediction(source: str, exc: BaseException) -> Prediction:
+    """The Prediction of an input that could not be decoded (a bad input never sinks its batch)."""
+    if isinstance(exc, ImageDecodeError):
+        return Prediction(source=source, error=exc.message, reason=exc.reason)
+    return Prediction(source=source, error=f"{type(exc).__name__}: {exc}", reason="preprocess_failed")
+
+
+def _pipelined(
+    items: Iterable[Any], prepare: Callable[[Any, int], np.ndarray], batch_size: int, pool: ThreadPoolExecutor
+) -> Iterator[tuple[list[tuple[int, Any]], list[np.ndarray | BaseException]]]:
+    """Yield ([(position, item)], prepared arrays or exceptions) per batch while the next batch is prepared.
+
+    Items are pulled lazily with one batch of look-ahead, so memory stays bounded and endless feeds work.
+    """
+    it = enumerate(items)
+
+    def submit() -> tuple[list[tuple[int, Any]], list[Future]]:
+        chunk = list(itertools.islice(it, batch_size))
+        return chunk, [pool.submit(prepare, item, i) for i, item in chunk]
+
+    pending = submit()
+    while pending[0]:
+        chunk, futures = pending
+        pending = submit()
+        prepared: list[np.ndarray | BaseException] = []
+        for fut in futures:
+            try:
+                prepared.append(fut.result())
+            except Exception as exc:  # one bad input must not sink its batch
+                prepared.append(exc)
+        yield chunk, prepared
+
+
+class Predictor:
+    """Classify images with a bundle: `Predictor(bundle_dir).predict(["a.jpg", ...])`.
+
+    The engine is opened with `edgeft.engines.select.open_bundle` (sha256-verified; `auto` picks the fastest
+    artifact whose gate passed). `Predictor.from_engine` wraps an engine opened elsewhere (bench, tests).
+    Probabilities are softmax(logits / T) with the temperature calibrated at training (bundle.json).
+    """
+
+    def __init__(
+        self,
+        bundle_dir: str | Path,
+        backend: str = "auto",
+        precision: str = "fp32",
+        *,
+        batch_size: int = 8,
+        topk: int = 5,
+        workers: int | None = None,
+        verify: bool = True,
+        **engine_options: Any,
+    ) -> None:
+        _check_sizes(batch_size, topk, workers)
+        bundle = BundleManifest.load(bundle_dir)
+        engine = open_bundle(bundle_dir, backend, precision, batch_size=batch_size, verify=verify, **engine_options)
+        self._setup(engine, bundle, Path(bundle_dir), batch_size, topk, workers)
+
+    @classmethod
+    def from_options(cls, bundle_dir: str | Path, options: PredictOptions, **engine_options: Any) -> Predictor:
+        """Open a bundle with the CLI's PredictOptions."""
+        return cls(
+            bundle_dir,
+            options.backend,
+            options.precision,
+            batch_size=options.batch_size,
+            topk=options.topk,
+            workers=options.workers,
+            verify=options.verify,
+            **engine_options,
+        )
+
+    @classmethod
+    def from_engine(
+        cls,
+        engine: EngineLike,
+        bundle: BundleManifest | str | Path,
+        *,
+        batch_size: int = 8,
+        topk: int = 5,
+        workers: int | None = None,
+    ) -> Predictor:
+        """Wrap a loaded engine (or anything with .infer); closing the Predictor closes it."""
+        _check_sizes(batch_size, topk, workers)
+        bundle_dir = None if isinstance(bundle, BundleManifest) else Path(bundle)
+        manifest = bundle if isinstance(bundle, BundleManifest) else BundleManifest.load(bundle)
+        self = cls.__new__(cls)
+        self._setup(engine, manifest, bundle_dir, batch_size, topk, workers)
+        return self
+
+    def _setup(
+        self,
+        engine: EngineLike,
+        bundle: BundleManifest,
+        bundle_dir: Path | None,
+        batch_size: int,
+        topk: int,
+        workers: int | None,
+    ) -> None:
+        self.engine = engine
+        self.bundle = bundle
+        self.bundle_dir = bundle_dir
+        self.classes: list[str] = list(bundle.classes)
+        self.spec: PreprocessSpec = bundle.preprocess
+        self.temperature = bundle.calibration.temperature
+        self.batch_size = int(batch_size)
+        self.topk = min(int(topk), len(self.classes))
+        self.bundle_sha256 = sha256_file(bundle_dir / "bundle.json") if bundle_dir is not None else None
+        self._pool = ThreadPoolExecutor(max_workers=workers or decode_workers(), thread_name_prefix="edgeft-decode")
+
+    # -- facts -----------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.bundle.name
+
+    @property
+    def precision(self) -> str | None:
+        return getattr(self.engine, "precision", None)
+
+    def describe(self) -> str:
+        """Which engine and artifact actually run, e.g. 'openvino:CPU int8 (openvino-int8)'."""
+        describe = getattr(self.engine, "describe", None)
+        return describe() if callable(describe) else type(self.engine).__name__
+
+    # -- the steps -------------------------------------------------------------------------------
+    def prepare(self, item: Item, source: str | None = None) -> np.ndarray:
+        """Decode and preprocess one input to (3, S, S) float32 (raises ImageDecodeError)."""
+        return prepare_item(item, self.spec, source)
+
+    def submit_prepare(self, item: Item, source: str | None = None) -> Future:
+        """`prepare` on the decode pool (the HTTP app decodes a request's images in parallel)."""
+        return self._pool.submit(prepare_item, item, self.spec, source)
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """(N, 3, S, S) float32 -> (N, classes) float32 logits, batch_size rows per engine call."""
+        if batch.ndim == 4 and batch.shape[0] > self.batch_size:
+            step = self.batch_size
+            return np.concatenate([self.engine.infer(batch[i : i + step]) for i in range(0, batch.shape[0], step)])
+        return np.asarray(self.engine.infer(batch), np.float32)
+
+    def predictions(self, sources: Sequence[str], logits: np.ndarray, with_logits: bool = True) -> list[Prediction]:
+        """Logits rows -> Predictions: softmax (calibrated temperature) and deterministic top-k."""
+        logits = np.asarray(logits, np.float32).reshape(len(sources), -1)
+        probs = softmax(logits, self.temperature)
+        order = topk_indices(probs, self.topk)
+        out = []
+        for source, row, p, idx in zip(sources, logits, probs, order, strict=True):
+            top = [Label(label=self.classes[i], prob=float(p[i])) for i in idx]
+            best = int(idx[0])
+            out.append(
+                Prediction(
+                    source=source,
+                    label=top[0].label,
+                    index=best,
+                    prob=top[0].prob,
+                    topk=top,
+                    logits=row.tolist() if with_logits else None,
+                )
+            )
+        return out
+
+    # -- whole inputs ----------------------------------------------------------------------------
+    def predict(self, items: Item | Sequence[Item]) -> list[Prediction]:
+        """Predict every input, in order; undecodable inputs get a Prediction with `error` set."""
+        if isinstance(items, np.ndarray) and items.ndim == 4:  # a stack of images or tensors
+            items = list(items)
+        elif isinstance(items, (str, Path, bytes, np.ndarray, Image.Image)):
+            items = [items]
+        return list(self.predict_iter(items))
+
+    def predict_iter(self, items: Iterable[Item]) -> Iterator[Prediction]:
+        """Predictions for a (possibly endless) iterable; decoding batch k+1 overlaps inference of batch k."""
+
+        def prepare(item: Item, i: int) -> np.ndarray:
+            return prepare_item(item, self.spec, item_source(item, i))
+
+        for chunk, prepared in _pipelined(items, prepare, self.batch_size, self._pool):
+            good = [j for j, x in enumerate(prepared) if isinstance(x, np.ndarray)]
+            sources = [item_source(item, i) for i, item in chunk]
+            rows: dict[int, Prediction] = {}
+            if good:
+                logits = self.infer(np.stack([prepared[j] for j in good]))
+                rows = dict(zip(good, self.predictions([sources[j] for j in good], logits), strict=True))
+            for j, source in enumerate(sources):
+                yield rows[j] if j in rows else failed_prediction(source, prepared[j])  # type: ignore[arg-type]
+
+    def batcher(
+        self,
+        max_wait_ms: float = 5.0,
+        max_queue: int = 64,
+        infer: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> DynamicBatcher:
+        """A DynamicBatcher feeding this predictor's engine (submit `prepare`d tensors)."""
+        s = self.spec.input_size
+        return DynamicBatcher(
+            infer or self.infer,
+            max_batch=self.batch_size,
+            max_wait_ms=max_wait_ms,
+            max_queue=max_queue,
+            item_shape=(3, s, s),
+        )
+
+    def close(self) -> None:
+        """Stop the decode threads and release the engine."""
+        self._pool.shutdown(wait=True)
+        self.engine.close()
+
+    def __enter__(self) -> Predictor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _check_sizes(batch_size: int, topk: int, workers: int | None) -> None:
+    for name, value in (("batch_size", batch_size), ("topk", topk), ("workers", 1 if workers is None else workers)):
+        if value < 1:
+            raise EdgeftError(f"{name} must be >= 1, got {value}", fix=f"e.g. --{name.replace('_', '-')} 8")

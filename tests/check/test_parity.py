@@ -1,0 +1,156 @@
+"""`edgeft parity` on the real bundle of a real run: clean passes, planted damage fails with exit code 1."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from edgeft.check.gate import Gate
+from edgeft.check.parity import run_parity
+from edgeft.cli.app import app
+from edgeft.core.errors import EdgeftError
+from edgeft.core.hashing import sha256_file
+from edgeft.core.manifests import BundleManifest
+from edgeft.core.reports import ParityReport
+
+pytestmark = pytest.mark.slow
+
+
+def _bundle_copy(tiny_bundle, tmp_path):
+    """A copy of run + bundle side by side, so the copied bundle's source.run_dir still resolves."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_bundle.parent, run)
+    bundle = run / tiny_bundle.name
+    doc = json.loads((bundle / "bundle.json").read_text())
+    doc["source"]["run_dir"] = str(run)
+    (bundle / "bundle.json").write_text(json.dumps(doc))
+    return bundle
+
+
+def _swap_classes_in_onnx(bundle, artifact: str, i: int, j: int) -> None:
+    """Swap two output classes of an ONNX artifact (rows of the last Gemm) and re-record its sha256."""
+    import onnx
+    from onnx import numpy_helper
+
+    manifest = BundleManifest.load(bundle)
+    art = manifest.artifact(artifact)
+    path = bundle / art.path
+    model = onnx.load(str(path))
+    gemm = [n for n in model.graph.node if n.op_type == "Gemm"][-1]
+    inits = {t.name: t for t in model.graph.initializer}
+    for name in gemm.input[1:3]:
+        arr = numpy_helper.to_array(inits[name]).copy()
+        arr[[i, j]] = arr[[j, i]]
+        inits[name].CopyFrom(numpy_helper.from_array(arr, name))
+    onnx.save(model, str(path))
+    doc = json.loads((bundle / "bundle.json").read_text())
+    for a in doc["artifacts"]:
+        if a["name"] == artifact:
+            a["sha256"] = sha256_file(path)
+    (bundle / "bundle.json").write_text(json.dumps(doc))
+
+
+def test_clean_bundle_fp32_matches_torch_and_parity_json_is_typed(tiny_bundle, tmp_path):
+    report = run_parity(tiny_bundle, out=tmp_path, backends=["fp32"])
+    assert report.reference == "torch:cpu/torch-fp32"
+    assert set(report.backends) == {"onnxruntime:cpu/onnx-fp32", "openvino:CPU/openvino-fp32"}
+    for b in report.backends.values():
+        assert b.gate.passed and b.comparison.agreement == 1.0 and b.comparison.max_abs_logit_diff <= 1e-5
+    assert report.passed and "test split" in report.data and report.n_images == 24
+    again = ParityReport.load(tmp_path / "parity.json")
+    assert again == report
+
+
+def test_planted_class_swap_fails_the_gate_with_exit_code_1(tiny_bundle, tmp_path):
+    bundle = _bundle_copy(tiny_bundle, tmp_path)
+    _swap_classes_in_onnx(bundle, "onnx-fp32", 0, 1)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["parity", str(bundle), "--out", str(out), "--backends", "onnx-fp32"])
+    assert result.exit_code == 1, result.output
+    assert "parity FAILED" in result.stderr and "Traceback" not in result.output
+    report = ParityReport.load(out / "parity.json")
+    bad = report.backends["onnxruntime:cpu/onnx-fp32"]
+    assert not report.passed and not bad.gate.passed
+    classes = BundleManifest.load(bundle).classes
+    flipped = bad.comparison.flip_matrix
+    assert set(flipped) <= {classes[0], classes[1]} and bad.comparison.n_flipped >= 6
+    assert all(f.reference in classes[:2] and f.candidate in classes[:2] for f in bad.comparison.flipped)
+    assert any("agreement" in r for r in bad.gate.reasons) and any("Δlogit" in r for r in bad.gate.reasons)
+
+
+def test_wrong_mean_std_in_bundle_is_reported_and_fails(tiny_bundle, tmp_path):
+    bundle = _bundle_copy(tiny_bundle, tmp_path)
+    doc = json.loads((bundle / "bundle.json").read_text())
+    doc["preprocess"]["mean"], doc["preprocess"]["std"] = [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
+    (bundle / "bundle.json").write_text(json.dumps(doc))
+    report = run_parity(bundle, out=tmp_path, backends=["openvino-fp32"])
+    assert not report.passed
+    assert "preprocessing differs from the run's model.json" in report.checks[0]
+    # the reference ran with the run's numbers, the candidate with the bundle's: the damage shows
+    assert report.backends["openvino:CPU/openvino-fp32"].comparison.max_abs_logit_diff > 1e-2
+
+
+def test_onnx_reference_when_torch_is_unavailable(tiny_bundle, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "edgeft.models.classifier", None)  # `import` raises ImportError
+    report = run_parity(tiny_bundle, backends=["openvino:CPU"], out=tmp_path, gate=Gate(min_agreement=0.5))
+    assert report.reference == "onnxruntime:cpu/onnx-fp32"
+    assert "torch reference unavailable" in report.reference_note
+    assert report.gate.min_agreement == 0.5
+
+
+def test_run_dir_target_finds_its_bundle_and_a_data_tree_works(tiny_bundle, tiny_run, colour_tree, tmp_path):
+    report = run_parity(tiny_run, data=colour_tree, backends=["fp32"], out=tmp_path)
+    assert report.bundle_dir == str(tiny_bundle) and report.n_images == 128 and report.passed
+
+
+def test_latest_run_is_used_when_no_target_is_given(tiny_bundle, tmp_path, monkeypatch):
+    runs = tmp_path / "runs" / "folder"
+    runs.mkdir(parents=True)
+    shutil.copytree(tiny_bundle.parent, runs / "tiny")
+    monkeypatch.chdir(tmp_path)
+    report = run_parity(None, backends=["onnx-fp32"], out=tmp_path)
+    assert report.run_dir.endswith("runs/folder/tiny") and report.passed
+
+
+def test_data_tree_with_unknown_class_is_refused(tiny_bundle, tmp_path):
+    (tmp_path / "Shark").mkdir()
+    img = next(p for p in (tiny_bundle.parent / "predictions.png").parent.rglob("*.png"))
+    (tmp_path / "Shark" / "a.png").write_bytes(img.read_bytes())
+    with pytest.raises(EdgeftError, match=r"\['Shark'\] are not classes of the model"):
+        run_parity(tiny_bundle, data=tmp_path, out=tmp_path)
+
+
+def test_not_a_bundle_or_run_and_nothing_trained(tmp_path, monkeypatch):
+    with pytest.raises(EdgeftError, match="neither a run dir"):
+        run_parity(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(EdgeftError, match="edgeft train fish"):
+        run_parity(None)
+
+
+def test_tampered_candidate_is_a_failed_backend_not_a_crash(tiny_bundle, tmp_path):
+    bundle = _bundle_copy(tiny_bundle, tmp_path)
+    art = BundleManifest.load(bundle).artifact("openvino-fp32")
+    (bundle / next(iter(art.extra_files))).write_bytes(b"\0" * 64)
+    report = run_parity(bundle, out=tmp_path, backends=["fp32"])
+    entry = report.backends["openvino:CPU/openvino-fp32"]
+    assert not report.passed and not entry.gate.passed and "sha256" in entry.gate.reasons[0]
+    assert report.backends["onnxruntime:cpu/onnx-fp32"].gate.passed
+
+
+def test_strict_gate_fails_exactly_when_some_reduced_precision_prediction_flipped(tiny_bundle, tmp_path):
+    r = CliRunner().invoke(app, ["parity", str(tiny_bundle), "--out", str(tmp_path), "--min-agreement", "1.0"])
+    report = ParityReport.load(tmp_path / "parity.json")
+    reduced = [b for b in report.backends.values() if b.precision != "fp32" and b.comparison is not None]
+    assert reduced
+    flips = sum(b.comparison.n_flipped for b in reduced)
+    drops = [b for b in reduced if -(b.comparison.delta_accuracy_pts or 0) > 1.0]
+    expected_fail = flips > 0 or bool(drops)
+    assert r.exit_code == (1 if expected_fail else 0), r.output
+    assert np.isclose(sum(b.comparison.agreement for b in reduced), len(reduced)) == (flips == 0)

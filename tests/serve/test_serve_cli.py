@@ -1,0 +1,110 @@
+"""The `predict` and `serve` commands through the real CLI: outputs, BUNDLE/RUN resolution, refused option combinations."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from servekit import class_frames, png_bytes
+from typer.testing import CliRunner
+
+from edgeft.cli.app import app
+from edgeft.core.manifests import BundleManifest
+from edgeft.serve.schema import FrameRecord, Prediction
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("frames")
+    for i, rgb in enumerate(class_frames(8, seed=3)):
+        (root / f"frame_{i:04d}.png").write_bytes(png_bytes(rgb))
+    return root
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def refused(result, message: str) -> None:
+    """Bad usage: exit code 2, one paragraph with a fix on stderr, never a traceback."""
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and "Fix:" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_predict_prints_one_prediction_per_line(tiny_bundle, test_images, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8 nope")
+    good = [p for p, _ in test_images[:2]]
+    result = invoke("predict", tiny_bundle, good[0], bad, good[1], "--topk", "2", "--backend", "onnxruntime")
+    assert result.exit_code == 0, result.output
+    lines = [Prediction.model_validate_json(line) for line in result.stdout.splitlines()]
+    assert [p.source for p in lines] == [str(good[0]), str(bad), str(good[1])]
+    assert lines[0].ok and len(lines[0].topk) == 2 and lines[0].logits is None
+    assert not lines[1].ok and lines[1].label is None and lines[1].reason
+    assert "onnxruntime:cpu fp32 (onnx-fp32)" in result.stderr
+    with_logits = invoke("predict", tiny_bundle, good[0], "--logits")
+    assert len(json.loads(with_logits.stdout)["logits"]) == len(BundleManifest.load(tiny_bundle).classes)
+
+
+def test_predict_and_serve_find_the_latest_run_and_say_so(
+    tiny_run, tiny_bundle, test_images, folder, tmp_path, monkeypatch
+):
+    runs = tmp_path / "runs" / "folder"
+    shutil.copytree(tiny_run, runs / "tiny")  # with its bundle/ inside
+    monkeypatch.chdir(tmp_path)
+    result = invoke("predict", test_images[0][0])
+    assert result.exit_code == 0, result.output
+    assert "of the latest run under runs/" in result.stderr and "runs/folder/tiny/bundle" in result.stderr
+    assert Prediction.model_validate_json(result.stdout).ok
+    result = invoke("serve", "--source", folder, "--max-frames", "2", "--status-every", "0", "--jsonl", "out.jsonl")
+    assert result.exit_code == 0, result.output
+    assert "of the latest run under runs/" in result.stderr
+
+
+def test_a_run_without_a_bundle_says_to_export_first(tiny_run, copy_dir, folder, test_images):
+    run = copy_dir(tiny_run)
+    shutil.rmtree(run / "bundle")
+    refused(invoke("serve", run, "--source", folder), "edgeft export")
+    refused(invoke("predict", run, test_images[0][0]), "edgeft export")
+
+
+def test_serve_a_folder_writes_jsonl_and_annotated_images(tiny_bundle, folder, tmp_path):
+    out, save = tmp_path / "preds.jsonl", tmp_path / "saved [red]"
+    args = ["serve", tiny_bundle, "--source", folder, "--jsonl", out, "--save", save, "--max-frames", "5"]
+    result = invoke(*args, "--backend", "onnxruntime", "--status-every", "0")
+    assert result.exit_code == 0, result.output
+    records = [FrameRecord.model_validate_json(line) for line in out.read_text().splitlines()]
+    assert [r.frame for r in records] == list(range(5)) and all(r.prediction.ok for r in records)
+    assert sorted(p.name for p in save.iterdir()) == [f"frame_{i:04d}.png" for i in range(5)]
+    flat = result.output.replace("\n", "")
+    assert str(out) in flat and str(save) in flat, "paths are printed literally (markup escaped)"
+    assert "processed 5 frames" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--camera", "0", "--http", "127.0.0.1:0"], "exactly one input mode"),
+        ([], "exactly one input mode; got none"),
+        (["--http", "127.0.0.1:0", "--jsonl", "x.jsonl"], "--jsonl only apply to --camera/--source"),
+        (["--source", "{video}", "--reconnect"], "--reconnect applies to live sources"),
+        (["--source", "{folder}", "--parity-sample", "2"], "--parity-sample: input should be less than or equal to 1"),
+        (["--source", "{folder}", "--batch-size", "0"], "--batch-size: input should be greater than or equal to 1"),
+        (["--http", "127.0.0.1:0", "--max-body-mb", "0"], "--max-body-mb: input should be greater than 0"),
+        (["--http", "localhost:http"], "is not HOST:PORT"),
+        (["--source", "{missing}"], "source not found"),
+    ],
+)
+def test_serve_refuses_bad_options(tiny_bundle, folder, tmp_path, args, message):
+    video = tmp_path / "clip.avi"
+    video.write_bytes(b"not a video, but a file")
+    values = {"video": video, "folder": folder, "missing": tmp_path / "missing.avi"}
+    refused(invoke("serve", tiny_bundle, *[a.format(**values) for a in args]), message)
+
+
+def test_predict_without_images_is_refused(tiny_bundle):
+    refused(invoke("predict", tiny_bundle), "no images given")
