@@ -253,18 +253,17 @@ class SmallCNN(nn.Module):
         super().__init__()
         layers, cin = [], 3
         for c in channels:
-            layers.append(
-                nn.Sequential(
-                    nn.Conv2d(cin, c, 3, padding=1, bias=False),
-                    nn.BatchNorm2d(c),
-                    nn.ReLU(inplace=True),
-                    nn.MaxPool2d(2),
-                )
-            )
+            layers.append(self.block(cin, c))
             cin = c
         self.blocks = nn.ModuleList(layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.num_features = cin
+
+    @staticmethod
+    def block(cin: int, c: int) -> nn.Module:
+        return nn.Sequential(
+            nn.Conv2d(cin, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True), nn.MaxPool2d(2)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for b in self.blocks:
@@ -282,7 +281,7 @@ def _small_cnn(weights: Path | None) -> Backbone:
     )
 
 
-class TinyNet(nn.Module):
+class TinyNet(SmallCNN):
     """Three strided conv blocks with fixed, seeded random weights: a 64-d frozen feature extractor at 32x32.
 
     It exists so tests and demos can train, export, quantise and serve in seconds; its features separate
@@ -290,19 +289,11 @@ class TinyNet(nn.Module):
     """
 
     def __init__(self) -> None:
-        super().__init__()
-        chans, layers, cin = (16, 32, 64), [], 3
-        for c in chans:
-            layers.append(nn.Sequential(nn.Conv2d(cin, c, 3, stride=2, padding=1), nn.BatchNorm2d(c), nn.ReLU()))
-            cin = c
-        self.blocks = nn.ModuleList(layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.num_features = cin
+        super().__init__((16, 32, 64))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for b in self.blocks:
-            x = b(x)
-        return torch.flatten(self.pool(x), 1)
+    @staticmethod
+    def block(cin: int, c: int) -> nn.Module:
+        return nn.Sequential(nn.Conv2d(cin, c, 3, stride=2, padding=1), nn.BatchNorm2d(c), nn.ReLU())
 
 
 def _tinynet(weights: Path | None) -> Backbone:
