@@ -80,6 +80,13 @@ def open_reference(
     return engine, note + f"bundle reference artifact {art.name} on {spec}"
 
 
+def bundle_gate(bundle: BundleManifest, **overrides: Any) -> Gate:
+    """The gate the bundle was exported under (bundle.json records it), with any setting the user overrides."""
+    settings = bundle.gate.model_dump() if bundle.gate is not None else {}
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    return Gate(**settings)
+
+
 def bundle_checks(bundle: BundleManifest, run_dir: Path | None) -> tuple[list[str], PreprocessSpec | None]:
     """Compare bundle.json with the run's model.json: same weights, classes and preprocessing numbers."""
     if run_dir is None or not (run_dir / "model.json").is_file():
@@ -161,7 +168,7 @@ def run_parity(
     bundle_dir, run_dir = where.bundle_dir, where.run_dir
     assert bundle_dir is not None
     bundle = BundleManifest.load(bundle_dir)
-    gate = gate or Gate()
+    gate = gate or bundle_gate(bundle)
     evalset = eval_set(run_dir, data, bundle.classes)
     checks, run_spec = bundle_checks(bundle, run_dir)
     targets, skipped_backends = plan_targets(bundle, bundle_dir, backends)

@@ -68,9 +68,18 @@ def parity(
     backends: str = typer.Option(
         None, "--backends", help="Comma list of backends/artifacts/precisions, e.g. 'openvino,onnx-int8'."
     ),
-    min_agreement: float = typer.Option(0.99, "--min-agreement", help="INT8/FP16/BF16 top-1 agreement floor."),
-    max_drop: float = typer.Option(1.0, "--max-drop", help="Largest allowed accuracy drop in points (INT8/FP16/BF16)."),
-    logit_tol: float = typer.Option(1e-4, "--logit-tol", help="Largest allowed FP32 |Δlogit|."),
+    min_agreement: float = typer.Option(
+        None, "--min-agreement", help="INT8/FP16/BF16 top-1 agreement floor [default: the bundle's gate, 0.99]."
+    ),
+    max_drop: float = typer.Option(
+        None, "--max-drop", help="Largest allowed accuracy drop in points [default: the bundle's gate, 1.0]."
+    ),
+    logit_tol: float = typer.Option(None, "--logit-tol", help="Largest allowed FP32 |Δlogit| [default: 1e-4]."),
+    min_n: int = typer.Option(
+        None,
+        "--min-n",
+        help="Fewest images that certify a reduced precision [default: derived from --min-agreement, 381 at 0.99].",
+    ),
     out: Path = typer.Option(None, "--out", help="Directory for parity.json (default: the bundle dir)."),
     reference: str = typer.Option(
         "auto", "--reference", help="auto (torch if available, else ONNX FP32), torch, onnx."
@@ -78,13 +87,24 @@ def parity(
     batch_size: int = typer.Option(32, "--batch-size", help="Images per engine call."),
 ) -> None:
     """Check that every exported backend x precision agrees with the reference model (exit 1 on a gate miss)."""
-    from edgeft.check.gate import Gate
-    from edgeft.check.parity import run_parity
+    from edgeft.check.parity import bundle_gate, run_parity
+    from edgeft.core.locate import locate
+    from edgeft.core.manifests import BundleManifest
 
-    gate = Gate(min_agreement=min_agreement, max_drop=max_drop, logit_tol=logit_tol)
+    where = locate(target, need_bundle=True)
+    assert where.bundle_dir is not None
+    bundle = BundleManifest.load(where.bundle_dir)
+    gate = bundle_gate(bundle, min_agreement=min_agreement, max_drop=max_drop, logit_tol=logit_tol, min_n=min_n)
     with console.reporting() as rep:
         report = run_parity(
-            target, data, split_list(backends), gate, out, reference=reference, batch_size=batch_size, reporter=rep
+            where.bundle_dir,
+            data,
+            split_list(backends),
+            gate,
+            out,
+            reference=reference,
+            batch_size=batch_size,
+            reporter=rep,
         )
     if target is None:
         console.labelled("Bundle", f"{report.bundle_dir} (of the latest run under runs/)", stderr=True)

@@ -78,7 +78,18 @@ def export(
         "on NNCF accuracy control (val split).",
     ),
     out: Path = typer.Option(None, "--out", help="Bundle dir [default: RUN/bundle]."),
-    force: bool = typer.Option(False, "--force", help="Replace an out dir holding another model's bundle."),
+    force: bool = typer.Option(
+        False, "--force", help="Replace an out dir holding another model's edgeft bundle (never anything else)."
+    ),
+    min_agreement: float = typer.Option(
+        0.99, "--min-agreement", help="Top-1 agreement with PyTorch an INT8/FP16/BF16 artifact needs to ship."
+    ),
+    min_n: int = typer.Option(
+        None,
+        "--min-n",
+        help="Fewest test images that certify a reduced precision [default: derived from --min-agreement, "
+        "381 at 0.99]; below it nothing but FP32 ships.",
+    ),
 ) -> None:
     """Export a trained run to a deployable bundle: ONNX FP32/INT8, OpenVINO IR, TensorRT plans, Triton repo."""
     from edgeft.core.locate import locate
@@ -106,6 +117,8 @@ def export(
             max_drop=1.0 if max_drop is None else max_drop,
             accuracy_control=max_drop is not None,
             force=force,
+            min_agreement=min_agreement,
+            min_n=min_n,
             reporter=rep,
         )
     render_export(result)

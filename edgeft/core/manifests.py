@@ -147,6 +147,17 @@ class ModelManifest(Doc):
         return self.write(Path(run_dir) / "model.json")
 
 
+class GateSettings(Doc):
+    """What the gate demands; recorded next to every verdict so a report says what it was judged against."""
+
+    min_agreement: float = 0.99
+    confidence: float = 0.95
+    # None: the smallest n at which a flawless result's Wilson lower bound reaches min_agreement (see check.gate)
+    min_n: int | None = None
+    logit_tol: float = 1e-4
+    max_drop: float = 1.0
+
+
 class GateRecord(Doc):
     """The gate's verdict on one artifact, as bundle.json records it."""
 
@@ -210,6 +221,9 @@ class BundleManifest(Doc):
     reference: str = "onnx-fp32"
     versions: dict[str, str] = Field(default_factory=dict)
     created_by: str = "edgeft"
+    # what every artifact was judged against, and the artifacts the gate kept out (name -> reason, in rejected/)
+    gate: GateSettings | None = None
+    rejected: dict[str, str] = Field(default_factory=dict)
 
     _classes = field_validator("classes")(_unique_names)
     _class_hash = model_validator(mode="after")(_check_class_hash)

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import Field
 
-from edgeft.core.manifests import Doc, GateRecord
+from edgeft.core.manifests import Doc, GateRecord, GateSettings
 
 
 class Flip(Doc):
@@ -44,16 +44,6 @@ class Comparison(Doc):
     n_flipped: int
     flip_matrix: dict[str, dict[str, int]] = Field(default_factory=dict)
     flipped: list[Flip] = Field(default_factory=list)
-
-
-class GateSettings(Doc):
-    """What the gate demands; recorded next to every verdict so a report says what it was judged against."""
-
-    min_agreement: float = 0.99
-    confidence: float = 0.95
-    min_n: int = 0
-    logit_tol: float = 1e-4
-    max_drop: float = 1.0
 
 
 class BackendResult(Doc):

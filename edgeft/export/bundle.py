@@ -134,7 +134,11 @@ def _check_run(run_dir: Path, int8: bool) -> tuple[ModelManifest, SplitsDoc, str
 
 
 def check_out(out: Path, run_dir: Path, weights_sha: str, force: bool) -> None:
-    """Refuse to replace anything but this model's own bundle unless --force; never the run dir itself."""
+    """Replace only this model's own bundle, or with --force another model's edgeft bundle; never anything else.
+
+    A directory that holds anything but an edgeft bundle (a dataset, a run, someone's files) is refused even
+    with --force, so an export can never delete what it did not write.
+    """
     if out == run_dir or run_dir.is_relative_to(out):
         raise ExportRefusedError(
             "the output dir would contain the run dir, which the export replaces",
@@ -145,22 +149,23 @@ def check_out(out: Path, run_dir: Path, weights_sha: str, force: bool) -> None:
         return
     if not out.is_dir():
         raise ExportRefusedError("the output path exists and is not a directory", path=out, fix="pick another --out")
-    if not any(out.iterdir()) or force:
+    if not any(out.iterdir()):
         return
     try:
         old = BundleManifest.load(out)
     except EdgeftError:
         raise ExportRefusedError(
-            "the output dir is not empty and holds no readable bundle.json",
+            "the output dir is not empty and is not an edgeft bundle (no readable bundle.json); export replaces "
+            "only bundles, even with --force",
             path=out,
-            fix="pick an empty or new --out, or pass --force to replace its contents",
+            fix="pick an empty or new --out, or move its contents away yourself",
         ) from None
     old_sha = old.source.weights_sha256
-    if old_sha != weights_sha:
+    if old_sha != weights_sha and not force:
         raise ExportRefusedError(
             f"the output dir holds the bundle of another model (weights {old_sha[:12]}..., this run {weights_sha[:12]}...)",
             path=out / "bundle.json",
-            fix="pick another --out, or pass --force to replace it",
+            fix="pick another --out, or pass --force to replace that bundle",
         )
 
 
@@ -264,7 +269,7 @@ def _judge_all(ctx: ExportContext, rows: dict[str, ExportRow], failed: dict[str,
             ctx.accepted.append(built)
 
 
-def _bundle_manifest(ctx: ExportContext, rows: dict[str, ExportRow]) -> BundleManifest:
+def _bundle_manifest(ctx: ExportContext, rows: dict[str, ExportRow], failed: dict[str, str]) -> BundleManifest:
     """bundle.json: the accepted artifacts only, each with the gate record it passed."""
     m, s = ctx.manifest, ctx.spec.input_size
     return BundleManifest(
@@ -283,6 +288,8 @@ def _bundle_manifest(ctx: ExportContext, rows: dict[str, ExportRow]) -> BundleMa
         ),
         reference="onnx-fp32",
         versions=_versions(),
+        gate=ctx.judging.gate.settings(),
+        rejected=dict(failed),
     )
 
 
@@ -319,6 +326,8 @@ def build_bundle(
     max_drop: float = 1.0,
     accuracy_control: bool = False,
     force: bool = False,
+    min_agreement: float = 0.99,
+    min_n: int | None = None,
     reporter: Reporter | None = None,
 ) -> ExportResult:
     """Export a run dir to a deployable bundle (ONNX always; OpenVINO/TensorRT/Triton as asked or available).
@@ -335,6 +344,8 @@ def build_bundle(
         max_drop=max_drop,
         accuracy_control=accuracy_control,
         force=force,
+        min_agreement=min_agreement,
+        min_n=min_n,
     )
     return run_export(run_dir, out, options, reporter)
 
@@ -360,7 +371,8 @@ def run_export(
     rep.task("loading the model")
     s = manifest.preprocess.input_size
     with TorchEngine(run_dir, input_shape=(3, s, s), num_outputs=len(manifest.classes), label="torch-fp32") as ref:
-        gate = Gate(max_drop=options.max_drop)  # the defaults of `edgeft parity`, with the asked --max-drop
+        # the gate `edgeft parity` will apply too: bundle.json records these settings
+        gate = Gate(max_drop=options.max_drop, min_agreement=options.min_agreement, min_n=options.min_n)
         judging = _judging(run_dir, manifest, splits, ref, gate, note, rep)
         with staged_dir(out) as work:
             ctx = ExportContext(
@@ -381,7 +393,7 @@ def run_export(
             _build_formats(ctx, [f for f in chosen if f.stage == "engine"], failed)
             _judge_all(ctx, rows, failed)
             _build_formats(ctx, [f for f in chosen if f.stage == "package"], failed)
-            bundle = _bundle_manifest(ctx, rows)
+            bundle = _bundle_manifest(ctx, rows, failed)
             bundle.save(work)
             ordered = [reference_row(ctx, run_dir / manifest.weights.file)]
             ordered += [rows[b.name] for b in sorted(ctx.built, key=_order)]

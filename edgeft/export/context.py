@@ -29,6 +29,8 @@ class ExportOptions:
     max_drop: float = 1.0
     accuracy_control: bool = False
     force: bool = False
+    min_agreement: float = 0.99
+    min_n: int | None = None  # None: derived from min_agreement by the gate
 
 
 @dataclass

@@ -78,7 +78,7 @@ def _cmp(agree: int, n: int, delta: float | None = 0.0, max_diff: float = 0.0):
 
 
 def test_gate_rules_per_precision():
-    gate = Gate(min_agreement=0.99, max_drop=1.0, logit_tol=1e-4)
+    gate = Gate(min_agreement=0.99, max_drop=1.0, logit_tol=1e-4, min_n=1)
     assert gate.judge("fp32", _cmp(100, 100, max_diff=5e-5)).passed
     r = gate.judge("fp32", _cmp(100, 100, max_diff=2e-4))
     assert not r.passed and r.reasons[0].startswith("fp32 max |Δlogit|")
@@ -92,9 +92,23 @@ def test_gate_rules_per_precision():
     assert gate.judge("int8", _cmp(100, 100, delta=None)).passed
 
 
+def test_the_default_min_n_is_where_a_flawless_result_proves_the_target():
+    from edgeft.check.comparator import wilson_interval
+    from edgeft.check.gate import certifying_n
+
+    for p in (0.95, 0.99, 0.995):
+        n = certifying_n(p)
+        assert wilson_interval(n, n)[0] >= p > wilson_interval(n - 1, n - 1)[0]
+    gate = Gate()  # 0.99 -> 381
+    assert gate.min_n == 381
+    assert gate.judge("int8", _cmp(380, 380)).verdict == "too few images"
+    assert gate.judge("int8", _cmp(381, 381)).passed
+    assert gate.judge("fp32", _cmp(50, 50)).passed  # FP32 is judged by |Δlogit|, not by a proportion
+
+
 def test_gate_refuses_to_certify_below_min_n():
     gate = Gate(min_agreement=0.99, min_n=200)
     r = gate.judge("int8", _cmp(150, 150))
-    assert not r.passed and r.verdict == "too few images" and "certifies from 200" in r.reasons[0]
+    assert not r.passed and r.verdict == "too few images" and "from 200" in r.reasons[0]
     assert gate.judge("int8", _cmp(200, 200)).passed
     assert gate.judge("int8", _cmp(140, 150)).verdict == "fail"  # a clear miss is a fail at any n

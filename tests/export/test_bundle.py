@@ -190,7 +190,7 @@ def test_export_report_has_one_typed_row_per_artifact(report, bundle, reference)
         assert rows[art.name].status == "ok" and rows[art.name].gate == art.gate
         assert rows[art.name].size_mb == pytest.approx((art.bytes) / 1e6)
     assert {n for n, r in rows.items() if r.status == "rejected"} == set(report.failed)
-    assert report.gate == GateSettings()
+    assert report.gate == GateSettings(min_n=10)  # the min_n the tiny_bundle fixture states
     assert (report.eval_split, report.eval_images) == ("test", reference.n)
     assert report.options["max_drop"] == 1.0 and report.options["int8"] is True
 
@@ -210,9 +210,10 @@ def test_a_foreign_dir_is_refused_and_left_byte_for_byte(tiny_run, tmp_path):
     (out / "notes.txt").write_text("mine")
     (out / "sub" / "photo.png").write_bytes(bytes(range(256)))
     before = _snapshot(out)
-    with pytest.raises(ExportRefusedError, match="no readable bundle.json"):
-        build_bundle(tiny_run, out)
-    assert _snapshot(out) == before
+    for force in (False, True):  # --force replaces bundles only: a foreign dir is refused either way
+        with pytest.raises(ExportRefusedError, match="not an edgeft bundle"):
+            build_bundle(tiny_run, out, force=force)
+        assert _snapshot(out) == before
     _no_partials(out)
 
 
@@ -227,7 +228,8 @@ def test_another_models_bundle_is_refused_unless_force(tiny_run, tiny_bundle, co
     assert _snapshot(out) == before
     result = build_bundle(tiny_run, out, force=True, int8=False, fp16=False, formats=["onnx"], max_drop=2.5)
     assert BundleManifest.load(out).source.weights_sha256 == sha256_file(tiny_run / "model.safetensors")
-    assert result.report.gate == GateSettings(max_drop=2.5)
+    assert result.report.gate == GateSettings(max_drop=2.5, min_n=381)  # min_n derived from 0.99
+    assert BundleManifest.load(out).gate == result.report.gate
     assert [r.artifact for r in result.rows] == ["torch-fp32", "onnx-fp32"]
     assert not (out / "openvino").exists() and not (out / "calibration.json").exists()
     _no_partials(out)

@@ -56,7 +56,7 @@ def test_a_rejected_artifact_goes_to_rejected_and_the_cli_exits_1(tiny_run, tmp_
     monkeypatch.setitem(evaluate_mod.ENGINE_BY_FORMAT, "openvino", _RolledInt8)
     out = tmp_path / "bundle"
     args = ["export", str(tiny_run), "--out", str(out), "--formats", "onnx,openvino,triton", "--no-fp16"]
-    result = CliRunner().invoke(app, args)
+    result = CliRunner().invoke(app, [*args, "--min-n", "10"])
     assert result.exit_code == EXIT_GATE and "openvino-int8" in result.stderr
     assert "Bundle written to" in result.output and "rejected openvino-int8-qdq" in result.output
     bundle = BundleManifest.load(out)
@@ -70,6 +70,19 @@ def test_a_rejected_artifact_goes_to_rejected_and_the_cli_exits_1(tiny_run, tmp_
         assert not (out / row.path).exists()
     triton_cfg = (out / "triton" / "tiny_openvino" / "config.pbtxt").read_text()
     assert '"openvino-fp32"' in triton_cfg
+
+
+@pytest.mark.slow
+def test_int8_judged_on_too_few_images_is_not_certified(tiny_run, tmp_path):
+    out = tmp_path / "bundle"
+    args = ["export", str(tiny_run), "--out", str(out), "--formats", "onnx", "--no-fp16"]
+    result = CliRunner().invoke(app, args)  # the default min_n (381 at 0.99) is far above the tiny test split
+    assert result.exit_code == EXIT_GATE and "Traceback" not in result.output
+    bundle = BundleManifest.load(out)
+    assert [a.name for a in bundle.artifacts] == ["onnx-fp32"]
+    assert set(bundle.rejected) == {"onnx-int8", "onnx-int8-cpu"}
+    assert all("certifies 99.00% agreement from 381" in why for why in bundle.rejected.values())
+    assert bundle.gate is not None and bundle.gate.min_n == 381
 
 
 @pytest.mark.slow
