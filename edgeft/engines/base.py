@@ -96,6 +96,7 @@ class Engine:
         num_outputs: int | None = None,
         output_name: str | None = None,
         label: str | None = None,
+        classes_sha256: str | None = None,
         **options: Any,
     ) -> None:
         unknown = sorted(set(options) - set(self.option_names))
@@ -113,7 +114,18 @@ class Engine:
         self.output_name = output_name
         self.label = label or self.model_path.name
         self.options = options
+        self.classes_sha256 = classes_sha256  # what bundle.json says; checked against the model file's own
         self.loaded = False
+
+    def check_classes(self, in_model: str | None) -> None:
+        """Refuse a model file whose embedded class-list hash differs from the one bundle.json promises."""
+        if self.classes_sha256 and in_model and in_model != self.classes_sha256:
+            raise EdgeftError(
+                "the class list in bundle.json differs from the one embedded in the model file (edgeft.classes "
+                "metadata): its labels would be wrong",
+                path=self.model_path,
+                fix="re-export the bundle with `edgeft export`; never edit the classes in bundle.json",
+            )
 
     # -- lifecycle -------------------------------------------------------------------------------
     @classmethod

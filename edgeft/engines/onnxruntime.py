@@ -108,6 +108,7 @@ class OnnxRuntimeEngine(Engine):
                 path=self.model_path,
                 fix="re-export the model with `edgeft export`",
             ) from None
+        self.check_classes(self.session.get_modelmeta().custom_metadata_map.get("edgeft.classes_sha256"))
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
             raise EdgeftError(

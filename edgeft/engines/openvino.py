@@ -35,6 +35,14 @@ def _ov_devices() -> tuple[str, ...]:
         return ()
 
 
+def _rt_info(model: Any, key: str) -> str | None:
+    """edgeft metadata the exporter stored in the IR's rt_info (None when absent)."""
+    try:
+        return str(model.get_rt_info(["edgeft", key]).astype(str)) if model.has_rt_info(["edgeft", key]) else None
+    except Exception:  # an IR without edgeft rt_info, or an older OpenVINO API
+        return None
+
+
 @register_engine
 class OpenVinoEngine(Engine):
     """OpenVINO runtime on CPU/GPU/NPU/AUTO; runs the IR artifacts (FP32, FP16, INT8).
@@ -103,6 +111,7 @@ class OpenVinoEngine(Engine):
                 path=self.model_path,
                 fix="re-export the bundle with `edgeft export`, or try --backend openvino:CPU",
             ) from None
+        self.check_classes(_rt_info(model, "classes_sha256"))
         self.hint = hint
         try:
             self.nireq = max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))

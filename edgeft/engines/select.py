@@ -188,6 +188,7 @@ def open_artifact(
         num_outputs=len(bundle.classes),
         output_name=bundle.output.name,
         label=artifact.name,
+        classes_sha256=bundle.classes_sha256 or None,
         **opts,
     )
     engine.artifact = artifact  # type: ignore[attr-defined]

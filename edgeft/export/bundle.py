@@ -49,6 +49,7 @@ ARTIFACT_ORDER = (
     "onnx-int8-cpu",
     "openvino-fp32",
     "openvino-fp16",
+    "openvino-bf16",
     "openvino-int8",
     "openvino-int8-qdq",
     "tensorrt-int8",
@@ -117,6 +118,13 @@ def _check_run(run_dir: Path, int8: bool) -> tuple[ModelManifest, SplitsDoc, str
     if not weights.is_file():
         raise EdgeftError("weights file is missing (half-written run?)", path=weights, fix="re-run `edgeft train`")
     splits = SplitsDoc.load(run_dir)
+    if sorted(splits.classes) == sorted(manifest.classes) and list(splits.classes) != list(manifest.classes):
+        raise EdgeftError(
+            f"model.json lists the classes as {manifest.classes} but the run's splits.json (the order the head was "
+            f"trained with) as {splits.classes}: every label would be wrong",
+            path=run_dir / "model.json",
+            fix="restore model.json from the run (never edit its classes), or re-run `edgeft train`",
+        )
     bad = sorted({it.label for it in splits.items} - set(manifest.classes))
     if bad:
         raise EdgeftError(

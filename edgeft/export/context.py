@@ -31,6 +31,7 @@ class ExportOptions:
     force: bool = False
     min_agreement: float = 0.99
     min_n: int | None = None  # None: derived from min_agreement by the gate
+    int8_search: bool = True  # keep the most damaging convs float until val+calib agreement reaches the target
 
 
 @dataclass
@@ -98,6 +99,7 @@ class ExportContext:
     notes: list[str] = field(default_factory=list)
     accepted: list[Built] = field(default_factory=list)  # set after judging; packaging formats use these
     packages: dict[str, list[str]] = field(default_factory=dict)  # e.g. {"triton": [model names]}
+    searches: list[Any] = field(default_factory=list)  # quant.search.SearchResult per searched INT8 artifact
 
     @property
     def rep(self) -> Reporter:

@@ -10,11 +10,29 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
+from edgeft.engines.onnxruntime import OnnxRuntimeEngine
 from edgeft.export.context import Built, ExportContext
 from edgeft.export.qdq_check import check_qdq_for_tensorrt
 from edgeft.export.quant import ort as ort_quant
+from edgeft.export.quant.search import search, write_tradeoff
 
 FP32_FILE = "model.onnx"
+
+
+def search_set(ctx: ExportContext) -> tuple[np.ndarray, np.ndarray]:
+    """The INT8 search images (val + calib splits, never test) and the FP32 ONNX's logits on them."""
+    cal = ctx.calibration_data()
+    val = ctx.val_set()
+    x = cal.tensors if val is None else np.concatenate([val[0], cal.tensors])
+    ctx.step(f"INT8 search: FP32 reference on {len(x)} val+calib images")
+    s = ctx.spec.input_size
+    fp32 = OnnxRuntimeEngine(
+        ctx.work / FP32_FILE, precision="fp32", input_shape=(3, s, s), num_outputs=len(ctx.classes)
+    )
+    with fp32 as engine:
+        return x, engine.run(x, 32)
 
 
 def build(ctx: ExportContext) -> None:
@@ -27,12 +45,29 @@ def build(ctx: ExportContext) -> None:
     with tempfile.TemporaryDirectory(prefix="edgeft-quant-") as tmp:
         ctx.step("INT8: quant_pre_process")
         pre = ort_quant.pre_process(ctx.work / FP32_FILE, Path(tmp) / "model.pre.onnx")
+        searched: tuple[np.ndarray, np.ndarray] | None = None
         for variant in ort_quant.VARIANTS:
             if variant is ort_quant.U8S8_CPU and not ort_quant.EMIT_CPU_VARIANT:
                 continue
             ctx.step(f"INT8: quantize_static {variant.artifact} ({cal.method}, {len(cal.tensors)} calib images)")
             out = ctx.work / variant.filename
-            info = ort_quant.quantize(pre, out, variant, cal.tensors, cal.method, cal.ranges_cache)
+            if ctx.options.int8_search:
+                if searched is None:
+                    searched = search_set(ctx)
+                info, result = search(
+                    pre,
+                    out,
+                    variant,
+                    cal.tensors,
+                    cal.method,
+                    cal.ranges_cache,
+                    *searched,
+                    ctx.options.min_agreement,
+                    ctx.step,
+                )
+                ctx.searches.append(result)
+            else:
+                info = ort_quant.quantize(pre, out, variant, cal.tensors, cal.method, cal.ranges_cache)
             info["calibration_key"] = cal.key
             info["nodes"] = finalize(out, ctx.metadata)
             problems = check_qdq_for_tensorrt(out)
@@ -44,3 +79,12 @@ def build(ctx: ExportContext) -> None:
                         f"{variant.artifact}: Q/DQ graph breaks TensorRT rules: {problems[0]} (+{len(problems) - 1} more)"
                     )
             ctx.add(Built(variant.artifact, "onnx", "int8", variant.filename, info=info))
+    if ctx.searches:
+        write_tradeoff(ctx.searches, ctx.options.min_agreement, ctx.work)
+        for r in ctx.searches:
+            if r.chosen is None:
+                ctx.note(
+                    f"{r.artifact}: no INT8 graph reached {r.target:.1%} agreement on the {r.search_images} "
+                    f"val+calib images (best {r.best.agreement:.2%} with {r.best.n_float} float convs); "
+                    "see tradeoff.png"
+                )

@@ -36,10 +36,30 @@ def _from_onnx(ctx: ExportContext, onnx_rel: str, name: str, precision: str, ste
     ctx.add(Built(name, "openvino", precision, xml, extra, {"source": onnx_rel, "openvino": ov.get_version(), **info}))
 
 
+def computes_in() -> str:
+    """What this machine's OpenVINO CPU plugin computes a half-precision IR in by default: bf16, f16 or f32.
+
+    On CPUs with bf16 units (AVX-512 BF16, AMX) an "FP16" IR runs in bf16, which rounds far more coarsely
+    than fp16; the artifact is then named bf16 and judged as what it computes.
+    """
+    import openvino as ov
+
+    try:
+        caps = set(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    except Exception:  # no CPU plugin: keep the file's own name
+        return "f16"
+    if "BF16" in caps:
+        return "bf16"
+    return "f16" if "FP16" in caps else "f32"
+
+
 def build(ctx: ExportContext) -> None:
     _from_onnx(ctx, "model.onnx", "openvino-fp32", "fp32", "model.fp32", False, {"compress_to_fp16": False})
     if ctx.options.fp16:
-        _from_onnx(ctx, "model.onnx", "openvino-fp16", "fp16", "model.fp16", True, {"compress_to_fp16": True})
+        half = computes_in()
+        name, precision = ("openvino-bf16", "bf16") if half == "bf16" else ("openvino-fp16", "fp16")
+        info = {"compress_to_fp16": True, "cpu_computes_in": half}
+        _from_onnx(ctx, "model.onnx", name, precision, "model.fp16", True, info)
     if not ctx.options.int8:
         return
     qdq = ctx.get("onnx-int8")

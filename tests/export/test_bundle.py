@@ -23,6 +23,7 @@ from edgeft.engines.onnxruntime import OnnxRuntimeEngine
 from edgeft.engines.openvino import OpenVinoEngine
 from edgeft.export import build_bundle, check_qdq_for_tensorrt
 from edgeft.export.errors import ExportParityError, ExportRefusedError
+from edgeft.export.openvino_ir import computes_in
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +32,7 @@ BUILT_HERE = {
     "onnx-int8",
     "onnx-int8-cpu",
     "openvino-fp32",
-    "openvino-fp16",
+    f"openvino-{'bf16' if computes_in() == 'bf16' else 'fp16'}",  # named for what this CPU computes
     "openvino-int8",
     "openvino-int8-qdq",
 }
@@ -249,6 +250,7 @@ def test_the_run_dir_is_never_replaced(tiny_run):
         ("no-splits", "splits.json not found"),
         ("empty-calib", "calib split is empty"),
         ("class-mismatch", "classes but the weights have"),
+        ("class-reorder", "every label would be wrong"),
     ],
 )
 def test_a_bad_run_dir_is_a_clear_error_and_writes_nothing(tiny_run, copy_dir, tmp_path, damage, message):
@@ -268,6 +270,11 @@ def test_a_bad_run_dir_is_a_clear_error_and_writes_nothing(tiny_run, copy_dir, t
     elif damage == "class-mismatch":
         doc = json.loads((run / "model.json").read_text())
         doc["classes"] = [*doc["classes"], "Sea_Bream"]
+        doc["classes_sha256"] = ""
+        (run / "model.json").write_text(json.dumps(doc))
+    elif damage == "class-reorder":  # same names, new order, hash recomputed: only splits.json knows
+        doc = json.loads((run / "model.json").read_text())
+        doc["classes"] = list(reversed(doc["classes"]))
         doc["classes_sha256"] = ""
         (run / "model.json").write_text(json.dumps(doc))
     out = tmp_path / "out"

@@ -1,0 +1,101 @@
+"""The INT8 search on a planted graph: one conv input that per-tensor INT8 cannot represent must end up float."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from edgeft.export.quant import ort as ort_quant
+from edgeft.export.quant.search import rank_convs, search, search_target, write_tradeoff
+
+onnx = pytest.importorskip("onnx")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+C_IN, SIZE, N_CLASSES = 3, 8, 4
+
+
+def _conv(name: str, x: str, w: np.ndarray, out: str) -> tuple[onnx.NodeProto, onnx.TensorProto]:
+    return helper.make_node("Conv", [x, f"{name}.w"], [out], name=name), numpy_helper.from_array(w, f"{name}.w")
+
+
+def planted_model(path) -> None:
+    """stem -> B (channel 0 x1000: a huge outlier channel) -> C (reads channel 0 x0.001) -> D -> E -> pool.
+
+    Quantizing C's input per tensor spends all 256 levels on channel 0, so channels 1..7, which carry the
+    answer, round to nothing. Keeping C float fixes it; D and E quantize fine.
+    """
+    rng = np.random.default_rng(0)
+    stem = rng.normal(size=(8, C_IN, 1, 1)).astype(np.float32)
+    b = rng.normal(size=(8, 8, 1, 1)).astype(np.float32)
+    b[0] *= 1000.0
+    c = rng.normal(size=(8, 8, 1, 1)).astype(np.float32)
+    c[:, 0] *= 0.001
+    d = rng.normal(size=(8, 8, 1, 1)).astype(np.float32)
+    e = rng.normal(size=(N_CLASSES, 8, 1, 1)).astype(np.float32)
+    nodes, inits = [], []
+    for name, x, w, out in [
+        ("stem", "input", stem, "s"),
+        ("convB", "s", b, "b"),
+        ("convC", "b", c, "c"),
+        ("convD", "c", d, "d"),
+        ("convE", "d", e, "e"),
+    ]:
+        node, init = _conv(name, x, w, out)
+        nodes.append(node)
+        inits.append(init)
+    nodes.append(helper.make_node("GlobalAveragePool", ["e"], ["p"], name="pool"))
+    nodes.append(helper.make_node("Flatten", ["p"], ["logits"], name="flat"))
+    graph = helper.make_graph(
+        nodes,
+        "planted",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, C_IN, SIZE, SIZE])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, N_CLASSES])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, str(path))
+
+
+def _fp32_logits(path, x):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+
+
+def test_the_search_keeps_the_planted_layer_float_and_quantizes_the_rest(tmp_path):
+    planted_model(tmp_path / "fp32.onnx")
+    rng = np.random.default_rng(1)
+    calib = rng.normal(size=(32, C_IN, SIZE, SIZE)).astype(np.float32)
+    x = rng.normal(size=(200, C_IN, SIZE, SIZE)).astype(np.float32)
+    ref = _fp32_logits(tmp_path / "fp32.onnx", x)
+    variant = ort_quant.U8S8_CPU
+    cache = tmp_path / "cache" / "ranges.json"
+
+    # all-INT8 (stem float) really is broken by the planted channel
+    all_int8 = tmp_path / "all.onnx"
+    ort_quant.quantize(tmp_path / "fp32.onnx", all_int8, variant, calib, "minmax", cache)
+    broken = float((_fp32_logits(all_int8, x).argmax(1) == ref.argmax(1)).mean())
+    assert broken < 0.9
+
+    # the sensitivity ranking puts the planted conv above the harmless tail (D, E)
+    ranking = [name for name, _ in rank_convs(tmp_path / "fp32.onnx", all_int8, x[:16], ["stem"])]
+    assert ranking.index("convC") < min(ranking.index("convD"), ranking.index("convE"))
+
+    out = tmp_path / "chosen.onnx"
+    # random logits have near-ties that any rounding flips: a 0.90 gate (search target 0.95) keeps the test exact
+    info, result = search(tmp_path / "fp32.onnx", out, variant, calib, "minmax", cache, x, ref, 0.90)
+    assert result.chosen is not None and info["search"]["reached_target"]
+    assert "convC" in info["float_nodes"] and not {"convD", "convE"} & set(info["float_nodes"])
+    agreement = float((_fp32_logits(out, x).argmax(1) == ref.argmax(1)).mean())
+    assert agreement == result.best.agreement >= search_target(0.90) == 0.95
+    assert [p.agreement < 0.5 for p in result.points[:-1]] == [True] * (len(result.points) - 1)  # B alone: broken
+    weights_int8 = [i.name for i in onnx.load(str(out)).graph.initializer if i.data_type == TensorProto.INT8]
+    assert any(name.startswith(("convD", "convE")) for name in weights_int8)  # the harmless tail stays INT8
+
+    files = write_tradeoff([result], 0.90, tmp_path)
+    doc = json.loads((tmp_path / "tradeoff.json").read_text())
+    point = doc["artifacts"][0]["points"][doc["artifacts"][0]["chosen"]]
+    assert point["agreement"] == result.best.agreement and "tradeoff.json" in files
