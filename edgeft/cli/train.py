@@ -8,6 +8,7 @@ import typer
 
 from edgeft.cli import console
 from edgeft.core.errors import EdgeftError
+from edgeft.data.synth import DEFAULT_PER_CLASS
 
 train_app = typer.Typer(help="Fine-tune a frozen-backbone classifier; writes a run dir.", no_args_is_help=True)
 
@@ -63,7 +64,9 @@ OPTIONS = {
     "group_regex": typer.Option(
         None, "--group-regex", help="Regex whose first group is a group key (e.g. a track id)."
     ),
-    "synth_per_class": typer.Option(150, "--synth-per-class", help="Images per species of the synthetic default."),
+    "synth_per_class": typer.Option(
+        DEFAULT_PER_CLASS, "--synth-per-class", help="Images per species of the synthetic default."
+    ),
 }
 
 

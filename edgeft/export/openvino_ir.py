@@ -104,5 +104,5 @@ def build_nncf(ctx: ExportContext) -> None:
     model = ov.Core().read_model(str(ctx.work / fp32.path))
     quantized, info = quantize_ir(nncf, model, cal.tensors, val, ctx.options.max_drop)
     xml, extra = _save(ctx, quantized, "model.int8", False)
-    info.update({"calibration_key": cal.key, "calibration_method": "nncf (min/max + fast bias correction)"})
+    info.update({"calibration_key": cal.key, "calibration_method": "nncf (min/max + bias correction)"})
     ctx.add(Built("openvino-int8", "openvino", "int8", xml, extra, info))

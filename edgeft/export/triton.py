@@ -54,10 +54,16 @@ TARGETS = (
 )
 
 
-def model_prefix(name: str) -> str:
-    """A Triton-safe model name prefix from the run's name."""
-    safe = re.sub(r"[^A-Za-z0-9_]+", "_", name).strip("_").lower()
-    return safe or "model"
+def model_prefix(name: str, weights_sha256: str = "") -> str:
+    """A Triton-safe model name prefix: the run's name plus 8 hex digits of its weights, so two runs called
+    `exp` never collide in one model repository."""
+    safe = re.sub(r"[^A-Za-z0-9_]+", "_", name).strip("_").lower() or "model"
+    return f"{safe}_{weights_sha256[:8]}" if weights_sha256 else safe
+
+
+def label_line(name: str) -> str:
+    """One labels.txt line per class whatever its name: backslashes, newlines and CRs are escaped."""
+    return name.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
 
 
 def model_config(model: str, target: Target, input_size: int, num_classes: int, artifact: str) -> Any:
@@ -110,7 +116,7 @@ def config_text(cfg: Any, artifact: str) -> str:
 def write_repository(ctx: ExportContext, accepted: list[Built]) -> list[str]:
     """Write triton/ from the accepted artifacts; returns the model names written."""
     by_name = {b.name: b for b in accepted}
-    prefix = model_prefix(ctx.manifest.name)
+    prefix = model_prefix(ctx.manifest.name, ctx.weights_sha256)
     written = []
     for target in TARGETS:
         art = next((by_name[n] for n in target.preference if n in by_name), None)
@@ -121,7 +127,7 @@ def write_repository(ctx: ExportContext, accepted: list[Built]) -> list[str]:
         (root / "1").mkdir(parents=True, exist_ok=True)
         for src, dst in zip(art.files(), target.names, strict=True):
             shutil.copyfile(ctx.work / src, root / "1" / dst)
-        write_text_atomic(root / "labels.txt", "".join(f"{c}\n" for c in ctx.classes))
+        write_text_atomic(root / "labels.txt", "".join(f"{label_line(c)}\n" for c in ctx.classes))
         cfg = model_config(model, target, ctx.spec.input_size, len(ctx.classes), art.name)
         write_text_atomic(root / "config.pbtxt", config_text(cfg, art.name))
         written.append(model)

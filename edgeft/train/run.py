@@ -24,6 +24,7 @@ from edgeft.core.progress import Reporter, or_silent
 from edgeft.core.reports import MetricsDoc
 from edgeft.data.layouts import Dataset, load_dataset
 from edgeft.data.splits import SplitFractions, assign_splits, splits_doc
+from edgeft.data.synth import DEFAULT_PER_CLASS
 from edgeft.models.backbones import DEFAULT_BACKBONE, Backbone, create_backbone, weights_digest
 from edgeft.models.classifier import Classifier, MLPHead, load_run, save_weights
 from edgeft.train.features import FeatureExtractor
@@ -40,7 +41,7 @@ from edgeft.train.fit import (
 )
 from edgeft.train.metrics import classification_metrics, plot_confusion, plot_curves, plot_prediction_grid
 
-SYNTH_PER_CLASS = 150
+SYNTH_PER_CLASS = DEFAULT_PER_CLASS
 ROLES = ("train", "val", "test")
 
 

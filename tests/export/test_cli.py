@@ -68,7 +68,8 @@ def test_a_rejected_artifact_goes_to_rejected_and_the_cli_exits_1(tiny_run, tmp_
         assert row.status == "rejected" and not row.gate.passed and row.gate.agreement == 0.0
         assert (out / "rejected" / row.path).is_file() and (out / "rejected" / row.path).with_suffix(".bin").is_file()
         assert not (out / row.path).exists()
-    triton_cfg = (out / "triton" / "tiny_openvino" / "config.pbtxt").read_text()
+    (triton_dir,) = (out / "triton").glob("tiny_*_openvino")
+    triton_cfg = (triton_dir / "config.pbtxt").read_text()
     assert '"openvino-fp32"' in triton_cfg
 
 

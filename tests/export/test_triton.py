@@ -11,7 +11,7 @@ from edgeft.core.errors import EdgeftError
 from edgeft.core.hashing import sha256_file
 from edgeft.core.manifests import BundleManifest
 from edgeft.core.reports import ExportReport
-from edgeft.export.triton import TARGETS, config_text, model_config, model_prefix, parse_config
+from edgeft.export.triton import TARGETS, config_text, label_line, model_config, model_prefix, parse_config
 from edgeft.export.triton_proto import message_class
 
 
@@ -22,6 +22,15 @@ def _enum_name(msg, field: str) -> str:
 def test_model_prefix_is_triton_safe():
     assert model_prefix("Fish v2 (lite0)") == "fish_v2_lite0"
     assert model_prefix("---") == "model"
+    assert model_prefix("exp", "0123456789abcdef") == "exp_01234567"  # two runs named exp never collide
+
+
+def test_labels_survive_any_class_name():
+    classes = ["Sea\nBass", "Trout", "back\\slash", "Red\r\nMullet", "Dorade  "]
+    text = "".join(f"{label_line(c)}\n" for c in classes)
+    lines = text.split("\n")[:-1]
+    assert len(lines) == len(classes) and lines[1] == "Trout" and lines[4] == "Dorade  "
+    assert [bytes(x, "utf-8").decode("unicode_escape") for x in lines] == classes  # escapes read back
 
 
 def test_config_text_is_protobuf_text_format_of_the_model_config():
@@ -68,7 +77,8 @@ def test_every_written_config_parses_and_matches_the_bundle(tiny_bundle):
     s, n = bundle.preprocess.input_size, len(bundle.classes)
     models = sorted(p for p in (tiny_bundle / "triton").iterdir() if p.is_dir())
     assert [p.name for p in models] == report.packages["triton"]
-    assert {"tiny_onnx", "tiny_openvino"} <= {p.name for p in models}
+    prefix = model_prefix("tiny", bundle.source.weights_sha256)
+    assert {f"{prefix}_onnx", f"{prefix}_openvino"} <= {p.name for p in models}
     for model_dir in models:
         cfg = text_format.Parse((model_dir / "config.pbtxt").read_text(), message_class("ModelConfig")())
         assert cfg.name == model_dir.name and cfg.max_batch_size > 0

@@ -26,4 +26,9 @@ from edgeft.data.synth.generate import generate_dataset
 from edgeft.data.synth.render import render_specimen
 from edgeft.data.synth.species import FISH_SPECIES, GENERATOR
 
-__all__ = ["FISH_SPECIES", "GENERATOR", "generate_dataset", "render_specimen"]
+# Images per species of `edgeft train fish`'s synthetic default: the 20% test split then holds 1,008 images,
+# enough for the gate to certify 99% agreement (it needs 381) and to tell 99.5% from 99%, while the whole
+# default run stays within a few minutes on 2 cores.
+DEFAULT_PER_CLASS = 560
+
+__all__ = ["DEFAULT_PER_CLASS", "FISH_SPECIES", "GENERATOR", "generate_dataset", "render_specimen"]

