@@ -7,6 +7,7 @@ the bench all run images through it, and it produces the one `Prediction` schema
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -24,6 +25,8 @@ from edgeft.engines.select import open_bundle
 from edgeft.serve.batcher import DynamicBatcher
 from edgeft.serve.config import PredictOptions
 from edgeft.serve.schema import Label, Prediction
+
+log = logging.getLogger("edgeft.serve")
 
 Item = str | Path | Image.Image | np.ndarray | bytes
 
@@ -186,6 +189,8 @@ class Predictor:
         self.topk = min(int(topk), len(self.classes))
         self.bundle_sha256 = sha256_file(bundle_dir / "bundle.json") if bundle_dir is not None else None
         self._pool = ThreadPoolExecutor(max_workers=workers or decode_workers(), thread_name_prefix="edgeft-decode")
+        if self.gate_warning():
+            log.warning(self.gate_warning())
 
     # -- facts -----------------------------------------------------------------------------------
     @property
@@ -199,7 +204,18 @@ class Predictor:
     def describe(self) -> str:
         """Which engine and artifact actually run, e.g. 'openvino:CPU int8 (openvino-int8)'."""
         describe = getattr(self.engine, "describe", None)
-        return describe() if callable(describe) else type(self.engine).__name__
+        text = describe() if callable(describe) else type(self.engine).__name__
+        warning = self.gate_warning()
+        return f"{text} [WARNING: {warning}]" if warning else text
+
+    def gate_warning(self) -> str | None:
+        """Set when the artifact that runs did not pass the gate (a user named it explicitly)."""
+        artifact = getattr(self.engine, "artifact", None)
+        gate = getattr(artifact, "gate", None)
+        if gate is None or gate.passed:
+            return None
+        why = "; ".join(gate.reasons) or gate.verdict
+        return f"artifact {artifact.name} FAILED its gate ({why}): its answers may differ from the PyTorch model"
 
     # -- the steps -------------------------------------------------------------------------------
     def prepare(self, item: Item, source: str | None = None) -> np.ndarray:

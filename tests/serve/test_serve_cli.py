@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -48,6 +49,22 @@ def test_predict_prints_one_prediction_per_line(tiny_bundle, test_images, tmp_pa
     assert "onnxruntime:cpu fp32 (onnx-fp32)" in result.stderr
     with_logits = invoke("predict", tiny_bundle, good[0], "--logits")
     assert len(json.loads(with_logits.stdout)["logits"]) == len(BundleManifest.load(tiny_bundle).classes)
+
+
+def test_predict_warns_loudly_when_named_onto_an_artifact_that_failed_its_gate(tiny_bundle, copy_dir, test_images):
+    from edgeft.core.manifests import GateRecord
+
+    bdir = copy_dir(tiny_bundle)
+    bundle = BundleManifest.load(bdir)
+    for art in bundle.artifacts:
+        if art.name in ("onnx-int8", "onnx-int8-cpu"):
+            art.gate = GateRecord(passed=False, verdict="fail", n=400, agreement=0.9, reasons=["planted: 0.9 < 0.99"])
+    bundle.save(bdir)
+    result = invoke("predict", bdir, test_images[0][0], "--backend", "onnxruntime", "--precision", "int8")
+    assert result.exit_code == 0 and "Traceback" not in result.output
+    assert re.search(r"WARNING: artifact onnx-int8(-cpu)? FAILED its gate \(planted: 0.9 < 0.99\)", result.stderr)
+    ok = invoke("predict", tiny_bundle, test_images[0][0], "--backend", "onnxruntime", "--precision", "int8")
+    assert ok.exit_code == 0 and "WARNING" not in ok.stderr
 
 
 def test_predict_and_serve_find_the_latest_run_and_say_so(
