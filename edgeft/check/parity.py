@@ -15,6 +15,7 @@ import numpy as np
 
 from edgeft.check.comparator import compare
 from edgeft.check.gate import Gate, failed_to_run
+from edgeft.check.refcache import load_reference, reference_key, save_reference
 from edgeft.core.errors import EdgeftError
 from edgeft.core.hashing import sha256_file
 from edgeft.core.locate import locate
@@ -110,6 +111,35 @@ def bundle_checks(bundle: BundleManifest, run_dir: Path | None) -> tuple[list[st
     return checks, None
 
 
+def _run_weights_sha(run_dir: Path | None) -> str:
+    if run_dir is None or not (run_dir / "model.json").is_file():
+        return ""
+    weights = run_dir / ModelManifest.load(run_dir).weights.file
+    return sha256_file(weights) if weights.is_file() else ""
+
+
+def cached_torch_reference(
+    bundle: BundleManifest, run_dir: Path | None, reference: str, paths: list[Path], spec: PreprocessSpec
+) -> tuple[str, str, np.ndarray | None]:
+    """The torch reference's logits on these images when export (or an earlier parity) already computed them.
+
+    Keyed by the run's weights as they are on disk now, so a changed run never reuses stale logits.
+    """
+    if reference not in ("auto", "torch") or _torch_reference_problem(run_dir) is not None:
+        return "", "", None
+    sha = _run_weights_sha(run_dir)
+    if not sha or sha != bundle.source.weights_sha256:
+        return "", "", None
+    logits = load_reference(reference_key(sha, spec, paths, "torch-fp32"), len(paths), len(bundle.classes))
+    if logits is None:
+        return "", "", None
+    return (
+        "torch:cpu/torch-fp32",
+        "torch FP32 model of the run (its logits on these images from the cache export or parity filled)",
+        logits,
+    )
+
+
 def evaluate_target(
     t: Target,
     bundle: BundleManifest,
@@ -183,11 +213,16 @@ def run_parity(
     sources = [str(p) for p in kept.paths]
     labels = kept.label_indices(bundle.classes)
 
-    ref_engine, ref_note = open_reference(bundle, bundle_dir, run_dir, reference)
-    ref_name = f"{ref_engine.spec}/{ref_engine.label}"
-    rep.task(f"reference {ref_name}", len(kept))
-    with ref_engine:
-        ref_logits = ref_engine.run(x_ref, batch_size, rep.advance)
+    spec_used = run_spec or bundle.preprocess
+    ref_name, ref_note, ref_logits = cached_torch_reference(bundle, run_dir, reference, kept.paths, spec_used)
+    if ref_logits is None:
+        ref_engine, ref_note = open_reference(bundle, bundle_dir, run_dir, reference)
+        ref_name = f"{ref_engine.spec}/{ref_engine.label}"
+        rep.task(f"reference {ref_name}", len(kept))
+        with ref_engine:
+            ref_logits = ref_engine.run(x_ref, batch_size, rep.advance)
+        if ref_engine.spec.startswith("torch"):
+            save_reference(reference_key(_run_weights_sha(run_dir), spec_used, kept.paths, "torch-fp32"), ref_logits)
     rep.task("backends", len(targets))
     results: dict[str, BackendResult] = {}
     for t in targets:

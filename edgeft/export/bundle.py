@@ -17,6 +17,7 @@ from pathlib import Path
 
 from edgeft import __version__
 from edgeft.check.gate import Gate
+from edgeft.check.refcache import load_reference, reference_key, save_reference
 from edgeft.core.errors import EdgeftError
 from edgeft.core.files import staged_dir
 from edgeft.core.hashing import classes_sha256, sha256_file
@@ -185,6 +186,7 @@ def _judging(
     gate: Gate,
     note: Callable[[str], None],
     rep: Reporter,
+    weights_sha: str,
 ) -> Judging:
     """The test split (val when the run has no test images), preprocessed once, and torch's logits on it."""
     classes = list(manifest.classes)
@@ -210,8 +212,12 @@ def _judging(
         )
     if kept.skipped:
         note(f"{len(kept.skipped)} {split} image(s) could not be read and are left out of the gate")
-    rep.task(f"PyTorch reference on {len(kept)} {split} images", len(kept))
-    logits = reference.run(x, EVAL_BATCH, rep.advance)
+    key = reference_key(weights_sha, manifest.preprocess, kept.paths, "torch-fp32")
+    logits = load_reference(key, len(kept), len(classes))
+    if logits is None:  # computed once; `edgeft parity` and later exports of this run reuse it
+        rep.task(f"PyTorch reference on {len(kept)} {split} images", len(kept))
+        logits = reference.run(x, EVAL_BATCH, rep.advance)
+        save_reference(key, logits)
     return Judging(split, kept, x, kept.label_indices(classes), logits, gate)
 
 
@@ -381,7 +387,7 @@ def run_export(
     with TorchEngine(run_dir, input_shape=(3, s, s), num_outputs=len(manifest.classes), label="torch-fp32") as ref:
         # the gate `edgeft parity` will apply too: bundle.json records these settings
         gate = Gate(max_drop=options.max_drop, min_agreement=options.min_agreement, min_n=options.min_n)
-        judging = _judging(run_dir, manifest, splits, ref, gate, note, rep)
+        judging = _judging(run_dir, manifest, splits, ref, gate, note, rep, weights_sha)
         with staged_dir(out) as work:
             ctx = ExportContext(
                 run_dir=run_dir,

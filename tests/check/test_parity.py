@@ -154,3 +154,17 @@ def test_strict_gate_fails_exactly_when_some_reduced_precision_prediction_flippe
     expected_fail = flips > 0 or bool(drops)
     assert r.exit_code == (1 if expected_fail else 0), r.output
     assert np.isclose(sum(b.comparison.agreement for b in reduced), len(reduced)) == (flips == 0)
+
+
+def test_parity_reuses_the_reference_logits_export_computed_and_agrees_with_a_fresh_pass(tiny_bundle, tmp_path):
+    from edgeft.core.files import cache_root
+
+    cached = run_parity(tiny_bundle, backends=["onnxruntime"], out=tmp_path / "a")
+    assert "from the cache" in cached.reference_note and cached.reference == "torch:cpu/torch-fp32"
+    shutil.rmtree(cache_root() / "reference")
+    fresh = run_parity(tiny_bundle, backends=["onnxruntime"], out=tmp_path / "b")
+    assert "cache" not in fresh.reference_note and fresh.reference == cached.reference
+    for key, result in fresh.backends.items():
+        assert result.comparison == cached.backends[key].comparison  # same logits either way
+    again = run_parity(tiny_bundle, backends=["onnxruntime"], out=tmp_path / "c")  # the fresh pass refilled it
+    assert "from the cache" in again.reference_note
