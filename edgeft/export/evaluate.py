@@ -14,7 +14,8 @@ import numpy as np
 from edgeft.check.comparator import compare
 from edgeft.check.gate import failed_to_run
 from edgeft.core.errors import EdgeftError
-from edgeft.core.reports import ExportRow
+from edgeft.core.manifests import GateRecord
+from edgeft.core.reports import Comparison, ExportRow
 from edgeft.engines.base import Engine
 from edgeft.engines.onnxruntime import OnnxRuntimeEngine
 from edgeft.engines.openvino import OpenVinoEngine
@@ -60,10 +61,7 @@ def reference_row(ctx: ExportContext, weights: Path) -> ExportRow:
     )
 
 
-def judge_logits(ctx: ExportContext, built: Built, logits: np.ndarray) -> ExportRow:
-    j: Judging = ctx.judging
-    comparison = compare(j.reference, logits, ctx.classes, j.labels, j.sources)
-    gate = j.gate.judge(built.precision, comparison, judged_on=j.evalset.origin)
+def _row(ctx: ExportContext, built: Built, gate: GateRecord, comparison: Comparison | None = None) -> ExportRow:
     return ExportRow(
         artifact=built.name,
         format=built.format,
@@ -77,6 +75,12 @@ def judge_logits(ctx: ExportContext, built: Built, logits: np.ndarray) -> Export
     )
 
 
+def judge_logits(ctx: ExportContext, built: Built, logits: np.ndarray) -> ExportRow:
+    j: Judging = ctx.judging
+    comparison = compare(j.reference, logits, ctx.classes, j.labels, j.sources)
+    return _row(ctx, built, j.gate.judge(built.precision, comparison, judged_on=j.evalset.origin), comparison)
+
+
 def judge(ctx: ExportContext, built: Built) -> ExportRow:
     """Run the artifact on its engine and judge it; one that cannot load or run is rejected, not a crash."""
     j = ctx.judging
@@ -85,15 +89,5 @@ def judge(ctx: ExportContext, built: Built) -> ExportRow:
         with engine_for(ctx, built) as engine:
             logits = engine.run(j.x, EVAL_BATCH, ctx.rep.advance)
     except EdgeftError as exc:
-        gate = failed_to_run(exc.message, j.evalset.origin)
-        return ExportRow(
-            artifact=built.name,
-            format=built.format,
-            precision=built.precision,
-            path=built.path,
-            size_mb=built.size_bytes(ctx.work) / 1e6,
-            status="rejected",
-            reason="; ".join(gate.reasons),
-            gate=gate,
-        )
+        return _row(ctx, built, failed_to_run(exc.message, j.evalset.origin))
     return judge_logits(ctx, built, logits)
