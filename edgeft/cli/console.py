@@ -60,9 +60,9 @@ def error(text: str) -> None:
     labelled("error", text, "bold red", stderr=True)
 
 
-def outputs(label: str, path: Any) -> None:
+def outputs(label: str, path: Any, *, stderr: bool = False) -> None:
     """The closing line of every command: where its outputs are."""
-    labelled(label, str(path), "bold green")
+    labelled(label, str(path), "bold green", stderr=stderr)
 
 
 class RichReporter(Reporter):

@@ -146,9 +146,11 @@ def _stream_summary(report: Any) -> None:
         console.say(
             f"parity vs {p.reference}: {p.short()}; checked {p.checked}, disagreements {p.disagreements}", stderr=True
         )
-    console.outputs("predictions", f"{report.jsonl} ({report.lines} lines)")
+    to_stderr = report.jsonl == "stdout"  # stdout holds the JSON lines: keep it clean
+    if report.jsonl != "none":
+        console.outputs("predictions", f"{report.jsonl} ({report.lines} lines)", stderr=to_stderr)
     if report.saved is not None:
-        console.outputs("annotated", report.saved)
+        console.outputs("annotated", report.saved, stderr=to_stderr)
 
 
 def _serve_http(bundle_dir: Path, http: str, config: Any) -> None:
@@ -166,7 +168,9 @@ def _serve_http(bundle_dir: Path, http: str, config: Any) -> None:
 
 def serve(
     target: Path = TARGET,
-    camera: int = typer.Option(None, "--camera", help="Camera index (live: newest frame, reconnects)."),
+    camera: int = typer.Option(
+        None, "--camera", metavar="[N]", help="Camera index; --camera alone is camera 0 (live: newest frame)."
+    ),
     source: str = typer.Option(
         None, "--source", help="Video file, rtsp:// or http(s):// MJPEG URL, image folder or quoted glob."
     ),
@@ -175,8 +179,16 @@ def serve(
     precision: str = PRECISION,
     batch_size: int = BATCH_SIZE,
     topk: int = TOPK,
-    jsonl: str = typer.Option(None, "--jsonl", help="Write one JSON line per frame here (default: stdout)."),
-    save: Path = typer.Option(None, "--save", help="Write an annotated video / image folder here."),
+    jsonl: str = typer.Option(
+        None,
+        "--jsonl",
+        metavar="[PATH]",
+        help="One JSON line per frame, to PATH or (alone) to stdout. Default: JSONL when stdout is piped, "
+        "a short line per frame at a terminal.",
+    ),
+    save: Path = typer.Option(
+        None, "--save", help="Annotated output: FILE.mp4/.avi (that video file) or a folder (images or an .avi)."
+    ),
     max_frames: int = typer.Option(None, "--max-frames", help="Stop after N frames."),
     reconnect: bool = typer.Option(
         None, "--reconnect/--no-reconnect", help="Reopen a lost camera/stream with backoff (default: on for live)."
@@ -205,6 +217,7 @@ def serve(
         parity={"sample": parity_sample, "alert_below": parity_alert, "seed": seed},
         stream={
             "jsonl": jsonl,
+            "human": jsonl is None and sys.stdout.isatty(),
             "save": save,
             "max_frames": max_frames,
             "reconnect": reconnect,

@@ -55,6 +55,7 @@ class StreamOptions(Options):
     """--camera / --source: outputs, stopping and reconnecting."""
 
     jsonl: str | None = Field(None, json_schema_extra=_flag("--jsonl"))
+    human: bool = False  # a short line per frame on stdout (at a terminal); JSONL only with --jsonl
     save: Path | None = Field(None, json_schema_extra=_flag("--save"))
     max_frames: int | None = Field(None, ge=1, json_schema_extra=_flag("--max-frames"))
     reconnect: bool | None = Field(None, json_schema_extra=_flag("--reconnect"))
