@@ -203,6 +203,12 @@ def serve(
     status_every: float = typer.Option(5.0, "--status-every", help="Seconds between status lines (0: off)."),
     max_queue: int = typer.Option(64, "--max-queue", help="HTTP: images waiting for the model before 503."),
     max_body_mb: float = typer.Option(10.0, "--max-body-mb", help="HTTP: request body limit (413 above)."),
+    max_pixels_mp: float = typer.Option(
+        40.0, "--max-pixels-mp", help="HTTP: megapixels one request may decode, read from the headers (413 above)."
+    ),
+    read_timeout: float = typer.Option(
+        15.0, "--read-timeout", help="HTTP: seconds a client has to send a whole request (then 408, closed)."
+    ),
     max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", help="HTTP: how long a batch waits to fill."),
     seed: int = typer.Option(0, "--seed", help="Seed of the parity sampler."),
 ) -> None:
@@ -223,7 +229,13 @@ def serve(
             "reconnect": reconnect,
             "max_retries": max_retries,
         },
-        http={"max_queue": max_queue, "max_body_mb": max_body_mb, "max_wait_ms": max_wait_ms},
+        http={
+            "max_queue": max_queue,
+            "max_body_mb": max_body_mb,
+            "max_wait_ms": max_wait_ms,
+            "max_pixels_mp": max_pixels_mp,
+            "read_timeout_s": read_timeout,
+        },
         status_every_s=status_every,
     )
     bundle_dir = bundle_dir_of(target)

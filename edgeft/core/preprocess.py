@@ -11,7 +11,7 @@ import contextlib
 import io
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -106,24 +106,23 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image(source: str | Path | bytes, name: str | None = None) -> Image.Image:
-    """Decode a file or bytes into an RGB PIL image, applying EXIF orientation.
-
-    Raises ImageDecodeError for zero-byte, truncated, corrupt, non-image or decompression-bomb input.
-    Pillow's decompression-bomb guard stays on (Image.MAX_IMAGE_PIXELS is never changed).
-    """
-    label = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
+def _read(source: str | Path | bytes, label: str) -> bytes:
     try:
         data = source if isinstance(source, bytes) else Path(source).read_bytes()
     except OSError as exc:
         raise ImageDecodeError(f"cannot read file ({exc.strerror})", reason="unreadable", path=label) from None
     if len(data) == 0:
         raise ImageDecodeError("file is empty (0 bytes)", reason="empty", path=label)
+    return data
+
+
+@contextlib.contextmanager
+def _decode_errors(label: str) -> Iterator[None]:
+    """Pillow's exceptions -> one ImageDecodeError with a short reason tag."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            img.load()
+            yield
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageDecodeError(f"image too large ({exc})", reason="decompression_bomb", path=label) from None
     except UnidentifiedImageError:
@@ -131,6 +130,40 @@ def load_image(source: str | Path | bytes, name: str | None = None) -> Image.Ima
     except (OSError, SyntaxError, ValueError) as exc:
         reason = "truncated" if "truncated" in str(exc).lower() else "corrupt"
         raise ImageDecodeError(f"corrupt image data ({exc})", reason=reason, path=label) from None
+
+
+def image_size(source: str | Path | bytes, name: str | None = None) -> tuple[int, int]:
+    """(width, height) from the image header alone: nothing is decoded (a pixel budget is checked before decoding)."""
+    label = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
+    data = _read(source, label)
+    with _decode_errors(label), Image.open(io.BytesIO(data)) as img:
+        return img.size
+
+
+def check_pixels(size: tuple[int, int], max_pixels: int | None, label: str) -> None:
+    """Raise ImageDecodeError(reason='too_many_pixels') when width x height exceeds max_pixels."""
+    w, h = size
+    if max_pixels is not None and w * h > max_pixels:
+        raise ImageDecodeError(
+            f"image is {w}x{h} = {w * h / 1e6:.1f} Mpx; the limit is {max_pixels / 1e6:.1f} Mpx",
+            reason="too_many_pixels",
+            path=label,
+        )
+
+
+def load_image(source: str | Path | bytes, name: str | None = None, max_pixels: int | None = None) -> Image.Image:
+    """Decode a file or bytes into an RGB PIL image, applying EXIF orientation.
+
+    Raises ImageDecodeError for zero-byte, truncated, corrupt, non-image or decompression-bomb input, and
+    (max_pixels) for an image whose header declares more pixels than allowed, before any pixel is decoded.
+    Pillow's decompression-bomb guard stays on (Image.MAX_IMAGE_PIXELS is never changed).
+    """
+    label = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
+    data = _read(source, label)
+    with _decode_errors(label):
+        img = Image.open(io.BytesIO(data))
+        check_pixels(img.size, max_pixels, label)
+        img.load()
     if img.width < 1 or img.height < 1:
         raise ImageDecodeError("image has no pixels", reason="empty", path=label)
     with contextlib.suppress(Exception):  # a broken EXIF block must not reject an otherwise valid image

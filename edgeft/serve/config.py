@@ -71,12 +71,21 @@ class HttpOptions(Options):
     max_queue: int = Field(64, ge=1, json_schema_extra=_flag("--max-queue"))
     max_wait_ms: float = Field(5.0, ge=0.0, json_schema_extra=_flag("--max-wait-ms"))
     max_body_mb: float = Field(10.0, gt=0.0, json_schema_extra=_flag("--max-body-mb"))
+    max_pixels_mp: float = Field(40.0, gt=0.0, json_schema_extra=_flag("--max-pixels-mp"))
     request_timeout_s: float = Field(30.0, gt=0.0, json_schema_extra=_flag("--request-timeout"))
+    read_timeout_s: float = Field(15.0, gt=0.0, json_schema_extra=_flag("--read-timeout"))
+    keep_alive_s: float = Field(5.0, gt=0.0)
+    max_connections: int = Field(256, ge=1, json_schema_extra=_flag("--max-connections"))
     retry_after_s: int = Field(1, ge=0)
 
     @property
     def max_body_bytes(self) -> int:
         return max(1, int(self.max_body_mb * 2**20))
+
+    @property
+    def max_pixels(self) -> int:
+        """Decoded pixels one request may cost (all its images together), checked from the headers."""
+        return max(1, int(self.max_pixels_mp * 1e6))
 
 
 class ServeConfig(Options):

@@ -47,7 +47,9 @@ def item_source(item: Any, position: int) -> str:
     return f"<{kind} #{position}>"
 
 
-def prepare_item(item: Item, spec: PreprocessSpec, source: str | None = None) -> np.ndarray:
+def prepare_item(
+    item: Item, spec: PreprocessSpec, source: str | None = None, max_pixels: int | None = None
+) -> np.ndarray:
     """Any supported input -> (3, S, S) float32; raises ImageDecodeError for unusable input.
 
     np.ndarray inputs are either HxWx3 uint8 RGB images (camera frames, preprocessed here) or already
@@ -69,7 +71,7 @@ def prepare_item(item: Item, spec: PreprocessSpec, source: str | None = None) ->
     if isinstance(item, Image.Image):
         return preprocess(item, spec)
     if isinstance(item, (str, Path, bytes)):
-        return preprocess(load_image(item, name=name), spec)
+        return preprocess(load_image(item, name=name, max_pixels=max_pixels), spec)
     raise ImageDecodeError(
         f"unsupported input type {type(item).__name__}; pass a path, bytes, PIL image or numpy array",
         reason="unsupported_type",
@@ -185,7 +187,8 @@ class Predictor:
         self.batch_size = int(batch_size)
         self.topk = min(int(topk), len(self.classes))
         self.bundle_sha256 = sha256_file(bundle_dir / "bundle.json") if bundle_dir is not None else None
-        self._pool = ThreadPoolExecutor(max_workers=workers or decode_workers(), thread_name_prefix="edgeft-decode")
+        self.workers = workers or decode_workers()
+        self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="edgeft-decode")
 
     # -- facts -----------------------------------------------------------------------------------
     @property
@@ -206,9 +209,9 @@ class Predictor:
         """Decode and preprocess one input to (3, S, S) float32 (raises ImageDecodeError)."""
         return prepare_item(item, self.spec, source)
 
-    def submit_prepare(self, item: Item, source: str | None = None) -> Future:
+    def submit_prepare(self, item: Item, source: str | None = None, max_pixels: int | None = None) -> Future:
         """`prepare` on the decode pool (the HTTP app decodes a request's images in parallel)."""
-        return self._pool.submit(prepare_item, item, self.spec, source)
+        return self._pool.submit(prepare_item, item, self.spec, source, max_pixels)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """(N, 3, S, S) float32 -> (N, classes) float32 logits, batch_size rows per engine call."""
