@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import logging
 import threading
@@ -170,7 +171,26 @@ def _bad_images(items: list[tuple[str, bytes]], bad: list[ErrorItem]) -> ApiErro
     return ApiError(400, "bad_image", message, reason=first.reason, items=bad)
 
 
-def check_pixel_budget(items: list[tuple[str, bytes]], budget: int) -> None:
+TRIM_AFTER_PIXELS = 8_000_000
+
+
+def release_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them otherwise) after decoding a large image."""
+    global _LIBC
+    if _LIBC is None:
+        try:
+            _LIBC = ctypes.CDLL("libc.so.6")
+        except OSError:
+            _LIBC = False
+    if _LIBC:
+        with contextlib.suppress(AttributeError):
+            _LIBC.malloc_trim(0)
+
+
+_LIBC: Any = None
+
+
+def check_pixel_budget(items: list[tuple[str, bytes]], budget: int) -> int:
     """Read every image's size from its header (nothing decoded); 400 for unreadable ones, 413 over the budget."""
     bad, sizes = [], []
     for i, (name, data) in enumerate(items):
@@ -192,6 +212,7 @@ def check_pixel_budget(items: list[tuple[str, bytes]], budget: int) -> None:
             f"{what}; one request may decode at most {_px(budget)}; send smaller images or raise --max-pixels-mp",
             reason="too_many_pixels",
         )
+    return total
 
 
 def _px(n: int) -> str:
@@ -204,7 +225,7 @@ async def decode(state: ServeState, items: list[tuple[str, bytes]]) -> list[np.n
     The pixel budget is checked from the headers first; more images waiting to decode than --max-queue -> 503.
     """
     http = state.config.http
-    check_pixel_budget(items, http.max_pixels)
+    pixels = check_pixel_budget(items, http.max_pixels)
     if state.decode_waiting + len(items) > http.max_queue:
         raise state.overloaded(f"{state.decode_waiting} images are waiting to be decoded")
     state.decode_waiting += len(items)
@@ -219,6 +240,8 @@ async def decode(state: ServeState, items: list[tuple[str, bytes]]) -> list[np.n
         results = await asyncio.gather(*(one(n, d) for n, d in items), return_exceptions=True)
     finally:
         state.decode_waiting -= len(items)
+        if pixels >= TRIM_AFTER_PIXELS:
+            release_memory()
     bad = []
     for i, ((name, _), r) in enumerate(zip(items, results, strict=True)):
         if isinstance(r, ImageDecodeError):
