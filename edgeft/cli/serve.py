@@ -259,19 +259,23 @@ def _gate_cell(result: Any) -> str:
     return f"[green]pass{agreement}[/]" if g.passed else f"[red]{escape(g.verdict.upper())}{agreement}[/]"
 
 
+BENCH_COLUMNS = (
+    console.Col("backend/artifact", "left", split="/"),
+    console.Col("gate", "left"),
+    console.Col("batch"),
+    console.Col("engine\nimg/s"),
+    console.Col("engine\np50 ms", drop=3),
+    console.Col("e2e\nimg/s"),
+    console.Col("request\np50 ms", drop=2),
+    console.Col("over-\nhead", drop=1),
+    console.Col("MB"),
+)
+
+
 def render_bench(report: Any, path: Path) -> None:
     """The benchmark table: speed next to the gate verdict export recorded (p99s and memory: bench.json)."""
-    from rich import box
-    from rich.table import Table
-
-    title = escape(f"bench {report.bundle_dir} ({report.images})")
-    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", padding=(0, 1, 0, 0), pad_edge=False)
-    table.add_column("backend/artifact", overflow="fold", min_width=16)
-    table.add_column("gate", no_wrap=True)
-    for col in ("batch", "engine\nimg/s", "engine\np50 ms", "e2e\nimg/s", "request\np50 ms", "over-\nhead", "MB"):
-        table.add_column(col, justify="right", no_wrap=True)
-    for r in report.results:
-        table.add_row(
+    rows = [
+        [
             escape(f"{r.backend}/{r.artifact}"),
             _gate_cell(r),
             str(r.batch),
@@ -281,14 +285,15 @@ def render_bench(report: Any, path: Path) -> None:
             f"{r.e2e_request.p50_ms:.1f}",
             f"{100 * r.pipeline_overhead:.0f}%",
             f"{r.model_mb:.1f}",
-        )
+        ]
+        for r in report.results
+    ]
+    table = console.fitted_table(f"bench {report.bundle_dir} ({report.images})", BENCH_COLUMNS, rows)
     console.out().print(table)
     cores, cost = report.machine.get("physical_cores") or 1, report.preprocess_cpu_ms_per_image
     if cost > 0:
-        console.say(
-            f"decode + preprocess: {cost:.2f} CPU ms per image -> at most {1000.0 * cores / cost:.0f} img/s on "
-            f"{cores} core(s) before any inference; e2e shares those cores with the engine"
-        )
+        console.say(f"decode + preprocess: {cost:.2f} CPU ms per image, so at most")
+        console.say(f"{1000.0 * cores / cost:.0f} img/s on {cores} core(s) before any inference (e2e shares them)")
     for key, why in report.skipped_backends.items():
         console.say(f"skipped {key}: {why}", "yellow")
     for key, why in report.failed_backends.items():
