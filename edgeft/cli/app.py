@@ -65,7 +65,7 @@ class EdgeftGroup(TyperGroup):
             )
             raise typer.Exit(EXIT_USAGE) from None
         except KeyboardInterrupt:
-            error("interrupted")
+            error("interrupted: unfinished outputs were discarded; existing runs and bundles are unchanged")
             raise typer.Exit(EXIT_INTERRUPTED) from None
 
 

@@ -134,7 +134,7 @@ def _check_run(run_dir: Path, int8: bool) -> tuple[ModelManifest, SplitsDoc, str
 
 
 def check_out(out: Path, run_dir: Path, weights_sha: str, force: bool) -> None:
-    """Refuse to replace anything but this model's own bundle unless --force; never the run dir itself."""
+    """Replace only this model's own bundle, or (--force) another bundle; never the run dir or a non-bundle dir."""
     if out == run_dir or run_dir.is_relative_to(out):
         raise ExportRefusedError(
             "the output dir would contain the run dir, which the export replaces",
@@ -145,7 +145,16 @@ def check_out(out: Path, run_dir: Path, weights_sha: str, force: bool) -> None:
         return
     if not out.is_dir():
         raise ExportRefusedError("the output path exists and is not a directory", path=out, fix="pick another --out")
-    if not any(out.iterdir()) or force:
+    if not any(out.iterdir()):
+        return
+    if not (out / "bundle.json").is_file():
+        raise ExportRefusedError(
+            "the output dir is not empty and is not a bundle (no bundle.json); it is left untouched, also with "
+            "--force, which only replaces an earlier bundle",
+            path=out,
+            fix="pick an empty or new --out (the default is RUN/bundle)",
+        )
+    if force:
         return
     try:
         old = BundleManifest.load(out)

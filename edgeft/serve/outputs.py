@@ -51,6 +51,9 @@ class RateMeter:
         return rate
 
 
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
+
+
 class JsonlSink:
     """One JSON object per line, to a file or stdout; flushed per batch so tail -f and pipes see results live."""
 
@@ -60,6 +63,12 @@ class JsonlSink:
         if self.path is None:
             self._f: IO[str] = sys.stdout
             return
+        if self.path.exists() and (not self.path.is_file() or self.path.suffix.lower() not in JSONL_SUFFIXES):
+            raise EdgeftError(
+                "--jsonl would overwrite a file that is not an earlier JSONL output",
+                path=self.path,
+                fix="pick a new file name ending in .jsonl (an existing .jsonl file is replaced)",
+            )
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._f = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()

@@ -165,6 +165,12 @@ def _scan_and_split(cfg: TrainConfig, rep: Reporter) -> tuple[Dataset, SplitsDoc
         root = Path(cfg.data)
     rep.task("scan (validate + hash)", None)
     ds = load_dataset(root, species=cfg.species, group_regex=cfg.group_regex, workers=cfg.workers, progress=rep.update)
+    if len(ds.classes) < 2:
+        raise EdgeftError(
+            f"found {len(ds.classes)} class ({', '.join(ds.classes)}); a classifier needs at least 2",
+            path=ds.root,
+            fix="add a folder of images for each further class (one folder per class)",
+        )
     doc = splits_doc(ds, assign_splits(ds, cfg.seed, cfg.fractions), cfg.seed)
     for split in ROLES:
         empty = [c for c, n in doc.counts[split].items() if n == 0]

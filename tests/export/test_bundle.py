@@ -210,8 +210,9 @@ def test_a_foreign_dir_is_refused_and_left_byte_for_byte(tiny_run, tmp_path):
     (out / "notes.txt").write_text("mine")
     (out / "sub" / "photo.png").write_bytes(bytes(range(256)))
     before = _snapshot(out)
-    with pytest.raises(ExportRefusedError, match="no readable bundle.json"):
-        build_bundle(tiny_run, out)
+    for force in (False, True):
+        with pytest.raises(ExportRefusedError, match="is not a bundle"):
+            build_bundle(tiny_run, out, force=force)
     assert _snapshot(out) == before
     _no_partials(out)
 
