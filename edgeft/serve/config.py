@@ -34,6 +34,7 @@ class PredictOptions(Options):
     topk: int = Field(5, ge=1, json_schema_extra=_flag("--topk"))
     workers: int | None = Field(None, ge=1, json_schema_extra=_flag("--workers"))
     verify: bool = True
+    fast_preprocess: bool = Field(False, json_schema_extra=_flag("--fast-preprocess"))
 
 
 class ParityOptions(Options):

@@ -90,3 +90,18 @@ def test_synthetic_frames_are_deterministic_jpegs():
     assert a == b and a[0] != a[1]
     img = load_image(a[0])
     assert img.size == (64, 48) and img.mode == "RGB"
+
+
+@pytest.mark.slow
+def test_bench_on_decoded_frames_with_the_fast_preprocessing(tiny_bundle, copy_dir):
+    bdir = copy_dir(tiny_bundle)
+    args = ["bench", str(bdir), "--batch", "2", "--backends", "onnx-fp32", "--seconds", "0.02", "--warmup", "1"]
+    result = CliRunner().invoke(app, [*args, "--input", "frames", "--fast-preprocess"])
+    assert result.exit_code == 0, result.output
+    report = BenchReport.load(bdir / "bench.json")
+    assert report.images == "64 decoded 640x480 frames"
+    assert report.settings["input"] == "frames" and report.settings["fast_preprocess"] is True
+    [row] = report.results
+    assert row.e2e["images"] >= 2 and report.preprocess_cpu_ms_per_image > 0
+    refused = CliRunner().invoke(app, [*args, "--input", "camera"])
+    assert refused.exit_code == 2 and "--input" in refused.stderr and "Traceback" not in refused.output
