@@ -92,6 +92,8 @@ def parity(
         )
     if target is None:
         console.labelled("Bundle", f"{report.bundle_dir} (of the latest run under runs/)", stderr=True)
+    elif Path(report.bundle_dir).resolve() != Path(target).resolve():
+        console.labelled("Bundle", f"{report.bundle_dir} (exported from {target})", stderr=True)
     render_parity(report)
     path = Path(out or report.bundle_dir) / "parity.json"
     if not report.passed:

@@ -44,6 +44,8 @@ def bundle_dir_of(target: Path | None) -> Path:
     assert where.bundle_dir is not None
     if where.chosen:
         console.labelled("Bundle", f"{where.bundle_dir} (of the latest run under runs/)", stderr=True)
+    elif where.run_dir is not None and target is not None and not is_bundle_dir(Path(target)):
+        console.labelled("Bundle", f"{where.bundle_dir} (exported from {target})", stderr=True)
     return where.bundle_dir
 
 

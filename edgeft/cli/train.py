@@ -162,6 +162,8 @@ def eval_cmd(
         result, out, run_dir = evaluate_run(run, data, rep)
     if run is None:
         console.labelled("Run", f"{run_dir} (the latest under runs/)", stderr=True)
+    elif Path(run).resolve() != Path(run_dir).resolve():
+        console.labelled("Run", f"{run_dir} (the run {run} was exported from)", stderr=True)
     render_eval(result)
     console.labelled("Accuracy", f"{result.accuracy:.4f}  macro-F1 {result.f1_macro:.4f}  (n={result.n})")
     console.outputs("Metrics written to", out)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -134,3 +135,24 @@ def test_an_image_folder_saved_as_video_is_one_file(tiny_bundle, tmp_path):
     config = ServeConfig.build(stream={"save": out, "jsonl": str(tmp_path / "p.jsonl")}, status_every_s=0)
     report = serve_stream(tiny_bundle, config, source=str(folder))
     assert report.frames == 3 and out.is_file() and len(decode_video(out)) == 3
+
+
+def test_each_command_says_which_run_or_bundle_it_chose(tiny_run, tiny_bundle, video, tmp_path, monkeypatch):
+    runs = tmp_path / "runs" / "folder"
+    shutil.copytree(tiny_run, runs / "tiny")  # with its bundle/ inside
+    monkeypatch.chdir(tmp_path)
+    run, bundle = Path("runs/folder/tiny"), Path("runs/folder/tiny/bundle")
+    quick_bench = ["--batch", "1", "--backends", "onnx-fp32", "--seconds", "0.02", "--warmup", "0"]
+    cases = [
+        (["serve", "--source", str(video), "--max-frames", "1"], f"Bundle: {bundle} (of the latest run under runs/)"),
+        (["serve", str(run), "--source", str(video), "--max-frames", "1"], f"Bundle: {bundle} (exported from {run})"),
+        (["eval"], f"Run: {run} (the latest under runs/)"),
+        (["eval", str(bundle)], f"(the run {bundle} was exported from)"),
+        (["parity", str(run), "--backends", "onnx-fp32"], f"(exported from {run})"),
+        (["bench", *quick_bench], f"Bundle: {bundle} (of the latest run under runs/)"),
+        (["bench", str(run), *quick_bench], f"Bundle: {bundle} (exported from {run})"),
+    ]
+    for args, said in cases:
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, (args, result.output)
+        assert said in result.stderr.replace("\n", ""), (args, result.stderr)
