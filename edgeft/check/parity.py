@@ -15,6 +15,7 @@ import numpy as np
 
 from edgeft.check.comparator import compare
 from edgeft.check.gate import Gate, failed_to_run
+from edgeft.check.plots import plot_flips
 from edgeft.core.errors import EdgeftError
 from edgeft.core.hashing import sha256_file
 from edgeft.core.locate import locate
@@ -140,6 +141,9 @@ def evaluate_target(
     )
 
 
+FLIPS_PICTURE = "parity_flips.png"
+
+
 def run_parity(
     target: Path | None = None,
     data: Path | None = None,
@@ -211,5 +215,9 @@ def run_parity(
         checks=checks,
     )
     report.passed = not report.failures()
-    report.write((Path(out) if out is not None else bundle_dir) / "parity.json")
+    out_dir = Path(out) if out is not None else bundle_dir
+    report.write(out_dir / "parity.json")
+    picture = out_dir / FLIPS_PICTURE
+    if plot_flips(report.backends, picture) is None:
+        picture.unlink(missing_ok=True)  # an earlier run's picture must not describe this one
     return report

@@ -96,6 +96,9 @@ def parity(
         console.labelled("Bundle", f"{report.bundle_dir} (exported from {target})", stderr=True)
     render_parity(report)
     path = Path(out or report.bundle_dir) / "parity.json"
+    flips = path.with_name("parity_flips.png")
+    if flips.is_file():
+        console.outputs("flipped images", flips)
     if not report.passed:
         raise GateFailed(
             "parity FAILED: see the reasons above", path=path, fix="see `edgeft export --help` for INT8 options"

@@ -30,17 +30,20 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edgeft import __version__
+from edgeft.check.plots import plot_accuracy_latency
 from edgeft.core.errors import EdgeftError
 from edgeft.core.locate import locate
 from edgeft.core.manifests import BundleManifest
 from edgeft.core.preprocess import PreprocessSpec, preprocess_many
 from edgeft.core.progress import Reporter, or_silent
-from edgeft.core.reports import BenchReport, BenchResult, Timing
+from edgeft.core.reports import BenchReport, BenchResult, ExportReport, Timing
 from edgeft.data.evalsets import run_split
 from edgeft.engines.base import engine_class, parse_spec, physical_cores
 from edgeft.engines.select import Target, open_artifact, plan_targets, verify_artifact
 from edgeft.serve.config import options_error
 from edgeft.serve.predictor import Predictor, prepare_item
+
+CHART = "accuracy_latency.png"
 
 
 def parse_batches(text: str | Sequence[int]) -> list[int]:
@@ -340,5 +343,8 @@ def run_bench(
         except EdgeftError as exc:
             report.failed_backends[t.key] = exc.message
             rep.note(f"{t.key} failed: {exc.message}")
-    report.write(Path(out) if out is not None else bundle_dir / "bench.json")
+    path = Path(out) if out is not None else bundle_dir / "bench.json"
+    report.write(path)
+    export = bundle_dir / "export_report.json"
+    plot_accuracy_latency(report, ExportReport.load(export) if export.is_file() else None, path.with_name(CHART))
     return report

@@ -20,6 +20,7 @@ import edgeft
 from edgeft.core.errors import EdgeftError
 from edgeft.core.files import cache_root, staged_dir, write_json_atomic
 from edgeft.core.manifests import BackboneInfo, HeadConfig, ModelManifest, SplitsDoc, WeightsInfo
+from edgeft.core.numeric import softmax
 from edgeft.core.progress import Reporter, or_silent
 from edgeft.core.reports import MetricsDoc
 from edgeft.data.layouts import Dataset, load_dataset
@@ -271,7 +272,8 @@ def _fit_model(cfg: TrainConfig, bb: Backbone, n_classes: int, data: dict[str, S
 def _write_run(
     cfg, run_dir: Path, work: Path, ds: Dataset, doc: SplitsDoc, model, phases, feats, data, bb, init_from, synthetic
 ) -> MetricsDoc:
-    y_pred = _logits(model, data["test"], None if feats is None else feats["test"]).argmax(1)
+    test_logits = _logits(model, data["test"], None if feats is None else feats["test"])
+    y_pred = test_logits.argmax(1)
     y_val = _logits(model, data["val"], None if feats is None else feats["val"]).argmax(1)
     metrics = MetricsDoc(
         test=classification_metrics(data["test"].labels, y_pred, ds.classes),
@@ -287,7 +289,7 @@ def _write_run(
     plot_curves([{**r, "epoch": i} for i, r in enumerate(history, 1)], work / "curves.png", title=run_dir.name)
     plot_confusion(metrics.test.confusion_matrix, ds.classes, work / "confusion_matrix.png")
     plot_prediction_grid(
-        data["test"].paths, data["test"].labels.tolist(), y_pred.tolist(), ds.classes, work / "predictions.png"
+        data["test"].paths, data["test"].labels.tolist(), softmax(test_logits), ds.classes, work / "predictions.png"
     )
     metrics.save(work)
     ModelManifest(

@@ -6,6 +6,7 @@ No assertion depends on how fast anything ran: timing belongs in benchmarks/.
 from __future__ import annotations
 
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from edgeft.cli.app import app
@@ -51,6 +52,8 @@ def test_bench_json_has_every_measurement_and_the_recorded_gate(tiny_bundle, cop
     assert report.settings["batches"] == [1, 3] and report.machine["physical_cores"] >= 1
     assert report.preprocess_cpu_ms_per_image > 0
     assert report.best(3).batch == 3
+    with Image.open(tmp_path / "accuracy_latency.png") as chart:  # one panel per batch size
+        assert chart.format == "PNG" and chart.width > chart.height
 
 
 @pytest.mark.slow
