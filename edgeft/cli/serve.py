@@ -181,6 +181,25 @@ def _serve_http(bundle_dir: Path, http: str, config: Any) -> None:
         console.say(f"stopped: {metrics.status_line()}", stderr=True)
 
 
+def _serve_config(o: dict[str, Any]) -> Any:
+    """`edgeft serve`'s options (by parameter name) -> the one validated ServeConfig."""
+    from edgeft.serve.config import ServeConfig
+
+    def pick(*names: str) -> dict[str, Any]:
+        return {n: o[n] for n in names}
+
+    return ServeConfig.build(
+        model=pick("backend", "precision", "batch_size", "topk", "fast_preprocess"),
+        parity={"sample": o["parity_sample"], "alert_below": o["parity_alert"], "seed": o["seed"]},
+        stream={
+            **pick("jsonl", "save", "max_frames", "reconnect", "max_retries"),
+            "human": o["jsonl"] is None and sys.stdout.isatty(),
+        },
+        http={**pick("max_queue", "max_body_mb", "max_wait_ms", "max_pixels_mp"), "read_timeout_s": o["read_timeout"]},
+        status_every_s=o["status_every"],
+    )
+
+
 def serve(
     target: Path = TARGET,
     camera: int = typer.Option(
@@ -229,37 +248,11 @@ def serve(
     fast_preprocess: bool = FAST,
 ) -> None:
     """Classify a camera, stream, video or image folder live, or serve POST /predict over HTTP."""
-    from edgeft.serve.config import ServeConfig
     from edgeft.serve.stream import serve_stream
 
     stream_only = {"--jsonl": jsonl, "--save": save, "--max-frames": max_frames, "--reconnect": reconnect}
     mode = input_mode(camera, source, http, stream_only)
-    config = ServeConfig.build(
-        model={
-            "backend": backend,
-            "precision": precision,
-            "batch_size": batch_size,
-            "topk": topk,
-            "fast_preprocess": fast_preprocess,
-        },
-        parity={"sample": parity_sample, "alert_below": parity_alert, "seed": seed},
-        stream={
-            "jsonl": jsonl,
-            "human": jsonl is None and sys.stdout.isatty(),
-            "save": save,
-            "max_frames": max_frames,
-            "reconnect": reconnect,
-            "max_retries": max_retries,
-        },
-        http={
-            "max_queue": max_queue,
-            "max_body_mb": max_body_mb,
-            "max_wait_ms": max_wait_ms,
-            "max_pixels_mp": max_pixels_mp,
-            "read_timeout_s": read_timeout,
-        },
-        status_every_s=status_every,
-    )
+    config = _serve_config(locals())
     bundle_dir = bundle_dir_of(target)
     with serve_logging():
         if mode == "http":
