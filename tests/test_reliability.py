@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -432,6 +433,28 @@ def test_sigint_stops_a_real_serve_process_cleanly(ctx, tmp_path):
     assert "Traceback" not in out + err and "stopped by interrupt" in err
     assert (tmp_path / "out.jsonl").read_text() == ""
     assert tree_digest(ctx.run) == before
+
+
+def test_sigint_stops_a_real_http_server_with_one_log_format(ctx):
+    """`serve --http` stopped by Ctrl-C: exit 130, no "error:", every log line in edgeft's one format."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "edgeft.cli.app", "serve", str(ctx.bundle), "--backend", "onnxruntime"]
+    cmd += ["--http", "127.0.0.1:0", "--status-every", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ctx.tmp)
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if "Application startup complete" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    lines = [ln for ln in ("".join(seen) + err).splitlines() if ln.strip()]
+    assert proc.returncode == 130, lines
+    assert "Traceback" not in out + err and not any(ln.startswith("error:") for ln in lines)
+    logged = [ln for ln in lines if not ln.startswith(("Bundle:", "stopped:"))]
+    pattern = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (INFO|WARNING|ERROR) ")
+    assert logged and all(pattern.match(ln) for ln in logged), logged
+    assert lines[-1].startswith("stopped: http requests 0")
 
 
 # -- the HTTP cases ------------------------------------------------------------------------------

@@ -51,26 +51,29 @@ def bundle_dir_of(target: Path | None) -> Path:
 
 @contextlib.contextmanager
 def serve_logging() -> Iterator[None]:
-    """Status lines, reconnects and parity alerts go to stderr while the command runs; stdout stays clean JSONL."""
+    """Status lines, reconnects, parity alerts and the HTTP server's own records (uvicorn) go to stderr in one
+    format while the command runs; stdout stays clean JSONL."""
     from rich.logging import RichHandler
 
-    logger = logging.getLogger("edgeft.serve")
     handler: logging.Handler
     if sys.stderr.isatty():
         handler = RichHandler(console=console.err(), show_path=False, markup=False, rich_tracebacks=False)
     else:  # journald, docker logs, files: one plain line per record, never wrapped
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    level, propagate = logger.level, logger.propagate
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
+    loggers = [logging.getLogger(name) for name in ("edgeft.serve", "uvicorn")]
+    saved = [(lg.level, lg.propagate) for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(handler)
+        lg.setLevel(logging.INFO)
+        lg.propagate = False
     try:
         yield
     finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
-        logger.propagate = propagate
+        for lg, (level, propagate) in zip(loggers, saved, strict=True):
+            lg.removeHandler(handler)
+            lg.setLevel(level)
+            lg.propagate = propagate
 
 
 @contextlib.contextmanager
@@ -174,11 +177,16 @@ def _serve_http(bundle_dir: Path, http: str, config: Any) -> None:
 
     host, port = parse_host_port(http)
     app = create_app(bundle_dir, config)
+    interrupted = False
     try:
         serve_http(app, host, port)
+    except KeyboardInterrupt:  # Ctrl-C / SIGTERM is how a server stops: say so, exit 130, no "error:"
+        interrupted = True
     finally:
         metrics = app.state.serve.metrics
         console.say(f"stopped: {metrics.status_line()}", stderr=True)
+    if interrupted:
+        raise typer.Exit(EXIT_INTERRUPTED)
 
 
 def _serve_config(o: dict[str, Any]) -> Any:

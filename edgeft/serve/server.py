@@ -133,6 +133,7 @@ def uvicorn_config(app: Any, host: str, port: int, log_level: str, http: HttpOpt
         port=port,
         log_level=log_level,
         lifespan="on",
+        log_config=None,  # uvicorn's records go through the caller's handlers: one log format for the command
         http=read_timeout_protocol(http.read_timeout_s),
         timeout_keep_alive=int(max(1, http.keep_alive_s)),
         limit_concurrency=http.max_connections,
