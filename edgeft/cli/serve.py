@@ -53,14 +53,9 @@ def bundle_dir_of(target: Path | None) -> Path:
 def serve_logging() -> Iterator[None]:
     """Status lines, reconnects, parity alerts and the HTTP server's own records (uvicorn) go to stderr in one
     format while the command runs; stdout stays clean JSONL."""
-    from rich.logging import RichHandler
-
-    handler: logging.Handler
-    if sys.stderr.isatty():
-        handler = RichHandler(console=console.err(), show_path=False, markup=False, rich_tracebacks=False)
-    else:  # journald, docker logs, files: one plain line per record, never wrapped
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    # one plain line per record, at a terminal as in journald, docker logs or a file: never re-wrapped into columns
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     loggers = [logging.getLogger(name) for name in ("edgeft.serve", "uvicorn")]
     saved = [(lg.level, lg.propagate) for lg in loggers]
     for lg in loggers:
