@@ -8,6 +8,7 @@ Every backend is judged by THE comparator and THE gate; parity.json records it a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -115,13 +116,14 @@ def evaluate_target(
     gate: Gate,
     batch_size: int,
     judged_on: str,
+    advance: Callable[[int], None] | None = None,
 ) -> BackendResult:
     """Run one target and judge it; a target that fails to load or run is a failed backend, not a crash."""
     try:
         verify_artifact(bundle, bundle_dir, t.artifact)
         with open_artifact(bundle_dir, bundle, t.spec, t.artifact, batch_size) as engine:
             describe = engine.describe()
-            logits = engine.run(x, batch_size)
+            logits = engine.run(x, batch_size, advance)
     except EdgeftError as exc:
         return BackendResult(
             backend=t.spec,
@@ -185,14 +187,13 @@ def run_parity(
     rep.task(f"reference {ref_name}", len(kept))
     with ref_engine:
         ref_logits = ref_engine.run(x_ref, batch_size, rep.advance)
-    rep.task("backends", len(targets))
     results: dict[str, BackendResult] = {}
-    for t in targets:
-        if t.key != ref_name:
-            results[t.key] = evaluate_target(
-                t, bundle, bundle_dir, x, ref_logits, labels, sources, gate, batch_size, kept.origin
-            )
-        rep.advance()
+    others = [t for t in targets if t.key != ref_name]
+    for i, t in enumerate(others, 1):
+        rep.task(f"{i}/{len(others)} {t.key}", len(kept))  # one bar per backend: loading and every image show
+        results[t.key] = evaluate_target(
+            t, bundle, bundle_dir, x, ref_logits, labels, sources, gate, batch_size, kept.origin, rep.advance
+        )
     if not results:
         raise EdgeftError(
             f"no backend to compare with the reference ({ref_name}) can run here"

@@ -160,3 +160,34 @@ def test_strict_gate_fails_exactly_when_some_reduced_precision_prediction_flippe
     expected_fail = flips > 0 or bool(drops)
     assert r.exit_code == (1 if expected_fail else 0), r.output
     assert np.isclose(sum(b.comparison.agreement for b in reduced), len(reduced)) == (flips == 0)
+
+
+def test_progress_covers_the_reference_pass_and_every_backend(tiny_bundle, tmp_path):
+    from edgeft.core.progress import Reporter
+
+    class Recorder(Reporter):
+        def __init__(self) -> None:
+            self.tasks: list[tuple[str, int | None]] = []
+            self.done: dict[str, int] = {}
+
+        def task(self, name: str, total: int | None = None) -> None:
+            self.tasks.append((name, total))
+            self.done[name] = 0
+
+        def advance(self, n: int = 1) -> None:
+            self.done[self.tasks[-1][0]] += n
+
+        def note(self, text: str) -> None:
+            return None
+
+    rec = Recorder()
+    report = run_parity(tiny_bundle, out=tmp_path, backends=["onnx-fp32", "openvino-fp32"], reporter=rec)
+    n = report.n_images
+    names = [name for name, _ in rec.tasks]
+    assert names == [
+        "preprocess",
+        f"reference {report.reference}",
+        "1/2 onnxruntime:cpu/onnx-fp32",
+        "2/2 openvino:CPU/openvino-fp32",
+    ]
+    assert all(total == n for _, total in rec.tasks) and all(done == n for done in rec.done.values())
