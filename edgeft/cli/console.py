@@ -87,8 +87,9 @@ def _stack(cell: str, at: str) -> str:
 
 
 def fitted_table(title: str, columns: Sequence[Col], rows: Sequence[Sequence[str]], width: int | None = None) -> Any:
-    """A table that fits `width` (default: the console's) without splitting a word: long names break at their
-    `split` character first, then columns are dropped by rank. Cells hold rich markup; the title is escaped."""
+    """A table that fits `width` (default: the console's) without splitting a word: columns are dropped by rank
+    first (rows stay one line), then long names break at their `split` character. Cells hold rich markup; the
+    title is escaped."""
     from rich import box
     from rich.table import Table
 
@@ -117,13 +118,13 @@ def fitted_table(title: str, columns: Sequence[Col], rows: Sequence[Sequence[str
 
     table = build()
     while natural(table) > width:
-        if not stacked and any(columns[i].split for i in keep):
+        droppable = [i for i in keep if columns[i].drop > 0]
+        if droppable:  # secondary columns go first, so rows stay one line
+            keep.remove(max(droppable, key=lambda i: (columns[i].drop, i)))
+        elif not stacked and any(columns[i].split for i in keep):
             stacked = True
         else:
-            droppable = [i for i in keep if columns[i].drop > 0]
-            if not droppable:
-                break
-            keep.remove(max(droppable, key=lambda i: (columns[i].drop, i)))
+            break
         table = build()
     return table
 
