@@ -8,6 +8,7 @@ Every backend is judged by THE comparator and THE gate; parity.json records it a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import numpy as np
 
 from edgeft.check.comparator import compare
 from edgeft.check.gate import Gate, failed_to_run
+from edgeft.check.plots import plot_flips
 from edgeft.check.refcache import load_reference, reference_key, save_reference
 from edgeft.core.errors import EdgeftError
 from edgeft.core.hashing import sha256_file
@@ -151,13 +153,14 @@ def evaluate_target(
     gate: Gate,
     batch_size: int,
     judged_on: str,
+    advance: Callable[[int], None] | None = None,
 ) -> BackendResult:
     """Run one target and judge it; a target that fails to load or run is a failed backend, not a crash."""
     try:
         verify_artifact(bundle, bundle_dir, t.artifact)
         with open_artifact(bundle_dir, bundle, t.spec, t.artifact, batch_size) as engine:
             describe = engine.describe()
-            logits = engine.run(x, batch_size)
+            logits = engine.run(x, batch_size, advance)
     except EdgeftError as exc:
         return BackendResult(
             backend=t.spec,
@@ -175,6 +178,9 @@ def evaluate_target(
         comparison=comparison,
         gate=gate.judge(t.precision, comparison, judged_on),
     )
+
+
+FLIPS_PICTURE = "parity_flips.png"
 
 
 def run_parity(
@@ -215,7 +221,10 @@ def run_parity(
 
     spec_used = run_spec or bundle.preprocess
     ref_name, ref_note, ref_logits = cached_torch_reference(bundle, run_dir, reference, kept.paths, spec_used)
-    if ref_logits is None:
+    if ref_logits is not None:
+        rep.task(f"reference {ref_name}", len(kept))
+        rep.advance(len(kept))
+    else:
         ref_engine, ref_note = open_reference(bundle, bundle_dir, run_dir, reference)
         ref_name = f"{ref_engine.spec}/{ref_engine.label}"
         rep.task(f"reference {ref_name}", len(kept))
@@ -223,14 +232,13 @@ def run_parity(
             ref_logits = ref_engine.run(x_ref, batch_size, rep.advance)
         if ref_engine.spec.startswith("torch"):
             save_reference(reference_key(_run_weights_sha(run_dir), spec_used, kept.paths, "torch-fp32"), ref_logits)
-    rep.task("backends", len(targets))
     results: dict[str, BackendResult] = {}
-    for t in targets:
-        if t.key != ref_name:
-            results[t.key] = evaluate_target(
-                t, bundle, bundle_dir, x, ref_logits, labels, sources, gate, batch_size, kept.origin
-            )
-        rep.advance()
+    others = [t for t in targets if t.key != ref_name]
+    for i, t in enumerate(others, 1):
+        rep.task(f"{i}/{len(others)} {t.key}", len(kept))  # one bar per backend: loading and every image show
+        results[t.key] = evaluate_target(
+            t, bundle, bundle_dir, x, ref_logits, labels, sources, gate, batch_size, kept.origin, rep.advance
+        )
     if not results:
         raise EdgeftError(
             f"no backend to compare with the reference ({ref_name}) can run here"
@@ -253,5 +261,9 @@ def run_parity(
         checks=checks,
     )
     report.passed = not report.failures()
-    report.write((Path(out) if out is not None else bundle_dir) / "parity.json")
+    out_dir = Path(out) if out is not None else bundle_dir
+    report.write(out_dir / "parity.json")
+    picture = out_dir / FLIPS_PICTURE
+    if plot_flips(report.backends, picture) is None:
+        picture.unlink(missing_ok=True)  # an earlier run's picture must not describe this one
     return report

@@ -15,9 +15,37 @@ from typer.core import TyperGroup
 from edgeft import __version__
 from edgeft.core.errors import EXIT_INTERRUPTED, EXIT_USAGE, EdgeftError
 
+# Options of `edgeft serve` whose value may be left out: `--camera` alone is camera 0, `--jsonl` alone is stdout.
+OPTIONAL_VALUES = {"serve": {"--camera": "0", "--jsonl": "-"}}
+
+
+def _is_value(option: str, token: str) -> bool:
+    if option == "--camera":
+        return token.isdigit()
+    return token == "-" or not token.startswith("-")
+
+
+def fill_optional_values(args: list[str]) -> list[str]:
+    """Insert the implied value after an option given without one (`serve --camera` -> `serve --camera 0`)."""
+    command = next((a for a in args if not a.startswith("-")), None)
+    implied = OPTIONAL_VALUES.get(command or "")
+    if not implied:
+        return args
+    out: list[str] = []
+    for i, token in enumerate(args):
+        out.append(token)
+        if token == "--":
+            return out + args[i + 1 :]
+        if token in implied and (i + 1 == len(args) or not _is_value(token, args[i + 1])):
+            out.append(implied[token])
+    return out
+
 
 class EdgeftGroup(TyperGroup):
     """Every command's errors end the same way, however the CLI is invoked (console script, tests, -m)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, fill_optional_values(list(args)))
 
     def invoke(self, ctx: click.Context):
         from edgeft.cli.console import error
@@ -37,7 +65,7 @@ class EdgeftGroup(TyperGroup):
             )
             raise typer.Exit(EXIT_USAGE) from None
         except KeyboardInterrupt:
-            error("interrupted")
+            error("interrupted: unfinished outputs were discarded; existing runs and bundles are unchanged")
             raise typer.Exit(EXIT_INTERRUPTED) from None
 
 

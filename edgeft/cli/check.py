@@ -20,34 +20,38 @@ def _fmt(v: float | None, spec: str) -> str:
     return "—" if v is None else format(v, spec)
 
 
+PARITY_COLUMNS = (
+    console.Col("backend/artifact", "left", split="/"),
+    console.Col("gate", "left"),
+    console.Col("agree"),
+    console.Col("95% CI", drop=1),
+    console.Col("Δacc"),
+    console.Col("max|Δ|"),
+)
+
+
 def render_parity(report) -> None:
     """The parity table: one row per backend/artifact, agreement with its interval, the gate's verdict."""
-    from rich import box
     from rich.markup import escape
-    from rich.table import Table
 
-    table = Table(
-        title=escape(f"parity vs {report.reference} on {report.n_images} images"),
-        box=box.SIMPLE_HEAD,
-        title_justify="left",
-    )
-    table.add_column("backend/artifact", overflow="fold", ratio=3)
-    for col in ("gate", "agree", "95% CI", "Δacc", "max|Δ|"):
-        table.add_column(col, justify="left" if col == "gate" else "right", no_wrap=True)
+    rows = []
     for name, b in report.backends.items():
         verdict = "[green]pass[/]" if b.gate.passed else f"[red]{escape(b.gate.verdict.upper())}[/]"
         c = b.comparison
         if c is None:
-            table.add_row(escape(name), verdict, "—", "—", "—", "—")
+            rows.append([escape(name), verdict, "—", "—", "—", "—"])
             continue
-        table.add_row(
-            escape(name),
-            verdict,
-            _fmt(c.agreement, ".4f"),
-            f"{c.agreement_low:.3f}-{c.agreement_high:.3f}",
-            _fmt(c.delta_accuracy_pts, "+.2f"),
-            _fmt(c.max_abs_logit_diff, ".1e"),
+        rows.append(
+            [
+                escape(name),
+                verdict,
+                _fmt(c.agreement, ".4f"),
+                f"{c.agreement_low:.3f}-{c.agreement_high:.3f}",
+                _fmt(c.delta_accuracy_pts, "+.2f"),
+                _fmt(c.max_abs_logit_diff, ".1e"),
+            ]
         )
+    table = console.fitted_table(f"parity vs {report.reference} on {report.n_images} images", PARITY_COLUMNS, rows)
     console.out().print(table)
     console.say(f"images: {report.data}")
     if report.reference_note:
@@ -108,8 +112,13 @@ def parity(
         )
     if target is None:
         console.labelled("Bundle", f"{report.bundle_dir} (of the latest run under runs/)", stderr=True)
+    elif Path(report.bundle_dir).resolve() != Path(target).resolve():
+        console.labelled("Bundle", f"{report.bundle_dir} (exported from {target})", stderr=True)
     render_parity(report)
     path = Path(out or report.bundle_dir) / "parity.json"
+    flips = path.with_name("parity_flips.png")
+    if flips.is_file():
+        console.outputs("flipped images", flips)
     if not report.passed:
         raise GateFailed(
             "parity FAILED: see the reasons above", path=path, fix="see `edgeft export --help` for INT8 options"

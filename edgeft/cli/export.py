@@ -18,24 +18,23 @@ def _pct(v: float | None, digits: int = 2) -> str:
     return "—" if v is None else f"{100 * v:.{digits}f}"
 
 
+EXPORT_COLUMNS = (
+    console.Col("artifact", "left"),
+    console.Col("precision", "left", drop=2),
+    console.Col("MB"),
+    console.Col("acc%"),
+    console.Col("agree%"),
+    console.Col("95% CI", drop=1),
+    console.Col("gate", "left"),
+)
+
+
 def render_export(result: ExportResult) -> None:
     """artifact | precision | MB | accuracy | agreement (95% CI) | gate, then the reasons for rejected ones."""
-    from rich import box
     from rich.markup import escape
-    from rich.table import Table
 
     report = result.report
-    table = Table(
-        title=escape(f"edgeft export: judged on {report.eval_images} {report.eval_split} images"),
-        box=box.SIMPLE_HEAD,
-        title_justify="left",
-        pad_edge=False,
-    )
-    table.add_column("artifact", no_wrap=True)
-    table.add_column("precision", no_wrap=True)
-    for col in ("MB", "acc%", "agree%", "95% CI"):
-        table.add_column(col, justify="right", no_wrap=True)
-    table.add_column("gate", no_wrap=True)
+    rows = []
     for r in result.rows:
         c = r.comparison
         if r.status == "reference":
@@ -45,15 +44,19 @@ def render_export(result: ExportResult) -> None:
         else:
             verdict = f"[red]{escape((r.gate.verdict if r.gate else r.status).upper())}[/]"
         ci = "—" if c is None or r.status == "reference" else f"{_pct(c.agreement_low, 1)}-{_pct(c.agreement_high, 1)}"
-        table.add_row(
-            escape(r.artifact),
-            escape(r.precision),
-            f"{r.size_mb:.2f}",
-            _pct(r.accuracy),
-            _pct(r.agreement),
-            ci,
-            verdict,
+        rows.append(
+            [
+                escape(r.artifact),
+                escape(r.precision),
+                f"{r.size_mb:.2f}",
+                _pct(r.accuracy),
+                _pct(r.agreement),
+                ci,
+                verdict,
+            ]
         )
+    title = f"edgeft export: judged on {report.eval_images} {report.eval_split} images"
+    table = console.fitted_table(title, EXPORT_COLUMNS, rows)
     console.out().print(table)
     artifacts = {r.artifact for r in result.rows}
     for name, why in result.failed.items():

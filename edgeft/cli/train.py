@@ -165,8 +165,31 @@ def eval_cmd(
         result, out, run_dir = evaluate_run(run, data, rep)
     if run is None:
         console.labelled("Run", f"{run_dir} (the latest under runs/)", stderr=True)
+    elif Path(run).resolve() != Path(run_dir).resolve():
+        console.labelled("Run", f"{run_dir} (the run {run} was exported from)", stderr=True)
+    render_eval(result)
     console.labelled("Accuracy", f"{result.accuracy:.4f}  macro-F1 {result.f1_macro:.4f}  (n={result.n})")
     console.outputs("Metrics written to", out)
+
+
+EVAL_COLUMNS = (
+    console.Col("class", "left"),
+    console.Col("n"),
+    console.Col("precision", drop=2),
+    console.Col("recall"),
+    console.Col("F1"),
+)
+
+
+def render_eval(metrics) -> None:
+    """Per-class precision / recall / F1 with the image count, fitted to the terminal."""
+    from rich.markup import escape
+
+    rows = [
+        [escape(name), str(int(m["support"])), f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}"]
+        for name, m in metrics.per_class.items()
+    ]
+    console.out().print(console.fitted_table(f"per-class scores on {metrics.n} images", EVAL_COLUMNS, rows))
 
 
 def register(app: typer.Typer) -> None:

@@ -164,7 +164,7 @@ def check_out(out: Path, run_dir: Path, weights_sha: str, force: bool) -> None:
         old = BundleManifest.load(out)
     except EdgeftError:
         raise ExportRefusedError(
-            "the output dir is not empty and is not an edgeft bundle (no readable bundle.json); export replaces "
+            "the output dir is not empty and is not a bundle (no readable bundle.json); export replaces "
             "only bundles, even with --force",
             path=out,
             fix="pick an empty or new --out, or move its contents away yourself",

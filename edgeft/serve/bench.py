@@ -23,24 +23,27 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edgeft import __version__
+from edgeft.check.plots import plot_accuracy_latency
 from edgeft.core.errors import EdgeftError
 from edgeft.core.locate import locate
 from edgeft.core.manifests import BundleManifest
 from edgeft.core.preprocess import PreprocessSpec, preprocess_many
 from edgeft.core.progress import Reporter, or_silent
-from edgeft.core.reports import BenchReport, BenchResult, Timing
+from edgeft.core.reports import BenchReport, BenchResult, ExportReport, Timing
 from edgeft.data.evalsets import run_split
 from edgeft.engines.base import engine_class, parse_spec, physical_cores
 from edgeft.engines.select import Target, open_artifact, plan_targets, verify_artifact
 from edgeft.serve.config import options_error
 from edgeft.serve.predictor import Predictor, prepare_item
+
+CHART = "accuracy_latency.png"
 
 
 def parse_batches(text: str | Sequence[int]) -> list[int]:
@@ -69,6 +72,8 @@ class BenchSettings(BaseModel):
     workers: int | None = Field(None, ge=1, json_schema_extra={"flag": "--workers"})
     include_torch: bool = False
     engine_options: dict[str, Any] = Field(default_factory=dict)
+    input: Literal["files", "frames"] = Field("files", json_schema_extra={"flag": "--input"})
+    fast_preprocess: bool = Field(False, json_schema_extra={"flag": "--fast-preprocess"})
 
     _batches = field_validator("batches", mode="before")(parse_batches)
 
@@ -156,8 +161,8 @@ def time_loop(fn: Callable[[], Any], seconds: float, warmup: int, min_iters: int
     return lat, time.perf_counter() - start
 
 
-def time_stream(predictor: Predictor, blobs: list[bytes], seconds: float, min_images: int) -> tuple[int, float]:
-    """Stream an endless feed of encoded images through Predictor.predict_iter: (images done, wall s).
+def time_stream(predictor: Predictor, blobs: list[Any], seconds: float, min_images: int) -> tuple[int, float]:
+    """Stream an endless feed of encoded images (or decoded frames) through Predictor.predict_iter: (images, wall s).
 
     The feed stops at a batch boundary once `seconds` have passed (and at least min_images were fed).
     """
@@ -166,7 +171,7 @@ def time_stream(predictor: Predictor, blobs: list[bytes], seconds: float, min_im
     start = time.perf_counter()
     deadline = start + seconds
 
-    def feed() -> Iterator[bytes]:
+    def feed() -> Iterator[Any]:
         for k, blob in enumerate(itertools.cycle(blobs)):
             if k >= min_images and k % batch == 0 and time.perf_counter() >= deadline:
                 return
@@ -180,13 +185,34 @@ def time_stream(predictor: Predictor, blobs: list[bytes], seconds: float, min_im
     return n, time.perf_counter() - start
 
 
-def preprocess_cost_ms(blobs: Sequence[bytes], spec: PreprocessSpec, n: int = 16) -> float:
-    """CPU milliseconds to decode + preprocess one image (single thread): what e2e adds on top of the engine."""
-    sample = list(itertools.islice(itertools.cycle(blobs), max(n, 1)))
+def preprocess_cost_ms(items: Sequence[Any], spec: PreprocessSpec, n: int = 16, fast: bool = False) -> float:
+    """CPU milliseconds to decode + preprocess one image or frame (one thread): what e2e adds to the engine."""
+    sample = list(itertools.islice(itertools.cycle(items), max(n, 1)))
+    prepare_item(sample[0], spec, fast=fast)  # first-call costs (tables, imports) are not per image
     t0 = time.thread_time()
-    for blob in sample:
-        prepare_item(blob, spec)
+    for item in sample:
+        prepare_item(item, spec, fast=fast)
     return (time.thread_time() - t0) * 1000.0 / len(sample)
+
+
+def decoded_frames(n: int) -> tuple[list[np.ndarray], str]:
+    """n decoded 640x480 RGB frames, as a camera hands them to the stream loop."""
+    return [np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in synthetic_frames(n)], (
+        f"{n} decoded 640x480 frames"
+    )
+
+
+def bench_inputs(s: BenchSettings, run_dir: Path | None, bundle: BundleManifest) -> tuple[np.ndarray, list[Any], str]:
+    """(engine tensors, e2e inputs, description): encoded files, or decoded frames with --input frames."""
+    if s.input == "frames":
+        frames, images = decoded_frames(s.n_images)
+        return np.stack([prepare_item(f, bundle.preprocess) for f in frames]), list(frames), images
+    blobs, images = encoded_images(run_dir, bundle.classes, s.n_images)
+    tensors, ok, _ = preprocess_many(blobs, bundle.preprocess, workers=s.workers)
+    blobs = [blobs[i] for i in ok]
+    if not blobs:
+        raise EdgeftError(f"none of the {images} could be decoded", path=run_dir, fix="check the run's test images")
+    return tensors, blobs, images
 
 
 def machine_info() -> dict[str, Any]:
@@ -216,7 +242,7 @@ def bench_batch(
     bundle: BundleManifest,
     target: Target,
     batch: int,
-    data: tuple[np.ndarray, list[bytes]],
+    data: tuple[np.ndarray, list[Any]],
     s: BenchSettings,
 ) -> BenchResult:
     """One backend at one batch size: engine loop, e2e stream and e2e requests, alternating in short rounds."""
@@ -226,7 +252,9 @@ def bench_batch(
     rss0, t0 = current_rss_mb(), time.perf_counter()
     engine = open_artifact(bundle_dir, bundle, target.spec, target.artifact, batch, **options).load()
     load_s, rss1 = time.perf_counter() - t0, current_rss_mb()
-    with Predictor.from_engine(engine, bundle, batch_size=batch, workers=s.workers) as predictor:
+    with Predictor.from_engine(
+        engine, bundle, batch_size=batch, workers=s.workers, fast_preprocess=s.fast_preprocess
+    ) as predictor:
         x = np.ascontiguousarray(np.resize(tensors, (batch, *tensors.shape[1:])))
         eng_lat: list[float] = []
         eng_wall, e2e_n, e2e_wall = 0.0, 0, 0.0
@@ -296,19 +324,13 @@ def run_bench(
     assert bundle_dir is not None
     bundle = BundleManifest.load(bundle_dir)
     targets, skipped = _targets(bundle, bundle_dir, s)
-    blobs, images = encoded_images(where.run_dir, bundle.classes, s.n_images)
-    tensors, ok, _ = preprocess_many(blobs, bundle.preprocess, workers=s.workers)
-    blobs = [blobs[i] for i in ok]
-    if not blobs:
-        raise EdgeftError(
-            f"none of the {images} could be decoded", path=where.run_dir, fix="check the run's test images"
-        )
+    tensors, blobs, images = bench_inputs(s, where.run_dir, bundle)
     report = BenchReport(
         bundle_dir=str(bundle_dir),
         images=images,
         settings=s.model_dump(mode="json"),
         machine=machine_info(),
-        preprocess_cpu_ms_per_image=preprocess_cost_ms(blobs, bundle.preprocess),
+        preprocess_cpu_ms_per_image=preprocess_cost_ms(blobs, bundle.preprocess, fast=s.fast_preprocess),
         skipped_backends=skipped,
     )
     rep.task("bench", len(targets) * len(s.batches))
@@ -321,5 +343,8 @@ def run_bench(
         except EdgeftError as exc:
             report.failed_backends[t.key] = exc.message
             rep.note(f"{t.key} failed: {exc.message}")
-    report.write(Path(out) if out is not None else bundle_dir / "bench.json")
+    path = Path(out) if out is not None else bundle_dir / "bench.json"
+    report.write(path)
+    export = bundle_dir / "export_report.json"
+    plot_accuracy_latency(report, ExportReport.load(export) if export.is_file() else None, path.with_name(CHART))
     return report

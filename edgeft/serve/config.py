@@ -34,6 +34,7 @@ class PredictOptions(Options):
     topk: int = Field(5, ge=1, json_schema_extra=_flag("--topk"))
     workers: int | None = Field(None, ge=1, json_schema_extra=_flag("--workers"))
     verify: bool = True
+    fast_preprocess: bool = Field(False, json_schema_extra=_flag("--fast-preprocess"))
 
 
 class ParityOptions(Options):
@@ -55,6 +56,7 @@ class StreamOptions(Options):
     """--camera / --source: outputs, stopping and reconnecting."""
 
     jsonl: str | None = Field(None, json_schema_extra=_flag("--jsonl"))
+    human: bool = False  # a short line per frame on stdout (at a terminal); JSONL only with --jsonl
     save: Path | None = Field(None, json_schema_extra=_flag("--save"))
     max_frames: int | None = Field(None, ge=1, json_schema_extra=_flag("--max-frames"))
     reconnect: bool | None = Field(None, json_schema_extra=_flag("--reconnect"))
@@ -70,12 +72,21 @@ class HttpOptions(Options):
     max_queue: int = Field(64, ge=1, json_schema_extra=_flag("--max-queue"))
     max_wait_ms: float = Field(5.0, ge=0.0, json_schema_extra=_flag("--max-wait-ms"))
     max_body_mb: float = Field(10.0, gt=0.0, json_schema_extra=_flag("--max-body-mb"))
+    max_pixels_mp: float = Field(40.0, gt=0.0, json_schema_extra=_flag("--max-pixels-mp"))
     request_timeout_s: float = Field(30.0, gt=0.0, json_schema_extra=_flag("--request-timeout"))
+    read_timeout_s: float = Field(15.0, gt=0.0, json_schema_extra=_flag("--read-timeout"))
+    keep_alive_s: float = Field(5.0, gt=0.0)
+    max_connections: int = Field(256, ge=1, json_schema_extra=_flag("--max-connections"))
     retry_after_s: int = Field(1, ge=0)
 
     @property
     def max_body_bytes(self) -> int:
         return max(1, int(self.max_body_mb * 2**20))
+
+    @property
+    def max_pixels(self) -> int:
+        """Decoded pixels one request may cost (all its images together), checked from the headers."""
+        return max(1, int(self.max_pixels_mp * 1e6))
 
 
 class ServeConfig(Options):

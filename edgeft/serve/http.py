@@ -3,14 +3,16 @@
 POST /predict takes one image as the raw body (image/* or application/octet-stream) or several as multipart
 files, and answers a `PredictResponse` (one `Prediction` per image). GET /health names the model, engine and
 bundle sha256; GET /metrics is Prometheus text; /openapi.json documents it all. Every failure is an
-`ErrorBody` JSON: 400 bad image, 413 body too large, 503 queue full (with Retry-After), 504 inference
-timeout, 500 anything unexpected (logged; the server keeps running).
+`ErrorBody` JSON: 400 bad image, 413 body too large or too many pixels (read from the image headers before
+anything is decoded), 503 queue full (with Retry-After), 504 inference timeout, 500 anything unexpected
+(logged; the server keeps running). At most one decode per decode thread runs at a time, server-wide.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import logging
 import threading
@@ -30,6 +32,7 @@ from starlette.requests import ClientDisconnect
 
 from edgeft import __version__
 from edgeft.core.errors import ImageDecodeError
+from edgeft.core.preprocess import image_size
 from edgeft.serve.batcher import DynamicBatcher, QueueFull
 from edgeft.serve.config import ServeConfig
 from edgeft.serve.metrics import ServeMetrics
@@ -43,7 +46,7 @@ ENDPOINTS = ("/predict", "/health", "/metrics")
 HTTP_ERRORS = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "unreadable image, no image, or too many images"},
-    413: {"model": ErrorBody, "description": "request body over --max-body-mb"},
+    413: {"model": ErrorBody, "description": "request body over --max-body-mb, or images over --max-pixels-mp"},
     500: {"model": ErrorBody, "description": "the model failed (logged on the server)"},
     503: {"model": ErrorBody, "description": "the inference queue is full; retry after Retry-After seconds"},
     504: {"model": ErrorBody, "description": "inference did not finish in time"},
@@ -82,6 +85,8 @@ class ServeState:
     owns_predictor: bool
     batcher: DynamicBatcher | None = None
     started: float = field(default_factory=time.time)
+    decode_waiting: int = 0  # images of admitted requests not yet decoded (event-loop thread only)
+    decode_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))
 
     def status_line(self) -> str:
         return self.metrics.status_line()
@@ -116,14 +121,14 @@ class ServeState:
         except QueueFull:
             for f in futures:
                 f.cancel()
-            retry = self.config.http.retry_after_s
-            raise ApiError(
-                503,
-                "overloaded",
-                f"the inference queue is full ({self.config.http.max_queue} images waiting); retry after {retry} s",
-                headers={"Retry-After": str(retry)},
+            raise self.overloaded(
+                f"the inference queue is full ({self.config.http.max_queue} images waiting)"
             ) from None
         return futures
+
+    def overloaded(self, why: str) -> ApiError:
+        retry = self.config.http.retry_after_s
+        return ApiError(503, "overloaded", f"{why}; retry after {retry} s", headers={"Retry-After": str(retry)})
 
     def close(self) -> None:
         if self.batcher is not None:
@@ -157,10 +162,86 @@ async def request_images(request: Request, files: list[UploadFile] | None, max_i
     return items
 
 
-async def decode(predictor: Predictor, items: list[tuple[str, bytes]]) -> list[np.ndarray]:
-    """Decode and preprocess every image on the Predictor's decode pool; any unreadable image -> one 400 naming each."""
-    futures = [asyncio.wrap_future(predictor.submit_prepare(data, name)) for name, data in items]
-    results = await asyncio.gather(*futures, return_exceptions=True)
+def _bad_images(items: list[tuple[str, bytes]], bad: list[ErrorItem]) -> ApiError:
+    what = (
+        "the body is not a readable image" if len(items) == 1 else f"{len(bad)} of {len(items)} images are unreadable"
+    )
+    first = bad[0]
+    message = f"{what} ({first.reason}); {first.source}: {first.message}"
+    return ApiError(400, "bad_image", message, reason=first.reason, items=bad)
+
+
+TRIM_AFTER_PIXELS = 8_000_000
+
+
+def release_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them otherwise) after decoding a large image."""
+    global _LIBC
+    if _LIBC is None:
+        try:
+            _LIBC = ctypes.CDLL("libc.so.6")
+        except OSError:
+            _LIBC = False
+    if _LIBC:
+        with contextlib.suppress(AttributeError):
+            _LIBC.malloc_trim(0)
+
+
+_LIBC: Any = None
+
+
+def check_pixel_budget(items: list[tuple[str, bytes]], budget: int) -> int:
+    """Read every image's size from its header (nothing decoded); 400 for unreadable ones, 413 over the budget."""
+    bad, sizes = [], []
+    for i, (name, data) in enumerate(items):
+        try:
+            sizes.append((name, image_size(data, name)))
+        except ImageDecodeError as exc:
+            bad.append(ErrorItem(index=i, source=name, reason=exc.reason, message=exc.message))
+    if bad:
+        raise _bad_images(items, bad)
+    total = sum(w * h for _, (w, h) in sizes)
+    if total > budget:
+        name, (w, h) = max(sizes, key=lambda s: s[1][0] * s[1][1])
+        what = f"{name} is {w}x{h} ({_px(w * h)})"
+        if len(sizes) > 1:
+            what = f"the {len(sizes)} images decode to {_px(total)} (largest: {what})"
+        raise ApiError(
+            413,
+            "too_many_pixels",
+            f"{what}; one request may decode at most {_px(budget)}; send smaller images or raise --max-pixels-mp",
+            reason="too_many_pixels",
+        )
+    return total
+
+
+def _px(n: int) -> str:
+    return f"{n / 1e6:.1f} Mpx" if n >= 100_000 else f"{n} px"
+
+
+async def decode(state: ServeState, items: list[tuple[str, bytes]]) -> list[np.ndarray]:
+    """Decode and preprocess every image on the Predictor's decode pool, at most `workers` at once server-wide.
+
+    The pixel budget is checked from the headers first; more images waiting to decode than --max-queue -> 503.
+    """
+    http = state.config.http
+    pixels = check_pixel_budget(items, http.max_pixels)
+    if state.decode_waiting + len(items) > http.max_queue:
+        raise state.overloaded(f"{state.decode_waiting} images are waiting to be decoded")
+    state.decode_waiting += len(items)
+    slots = state.decode_slots
+
+    async def one(name: str, data: bytes) -> np.ndarray:
+        async with slots:
+            fut = state.predictor.submit_prepare(data, name, max_pixels=http.max_pixels)
+            return await asyncio.wrap_future(fut)
+
+    try:
+        results = await asyncio.gather(*(one(n, d) for n, d in items), return_exceptions=True)
+    finally:
+        state.decode_waiting -= len(items)
+        if pixels >= TRIM_AFTER_PIXELS:
+            release_memory()
     bad = []
     for i, ((name, _), r) in enumerate(zip(items, results, strict=True)):
         if isinstance(r, ImageDecodeError):
@@ -168,14 +249,7 @@ async def decode(predictor: Predictor, items: list[tuple[str, bytes]]) -> list[n
         elif isinstance(r, BaseException):
             raise r
     if bad:
-        what = (
-            "the body is not a readable image"
-            if len(items) == 1
-            else f"{len(bad)} of {len(items)} images are unreadable"
-        )
-        first = bad[0]
-        message = f"{what} ({first.reason}); {first.source}: {first.message}"
-        raise ApiError(400, "bad_image", message, reason=first.reason, items=bad)
+        raise _bad_images(items, bad)
     return list(results)  # type: ignore[arg-type]
 
 
@@ -215,7 +289,7 @@ def _add_routes(app: FastAPI, state: ServeState) -> None:
         """Classify one image (raw body) or several (multipart files)."""
         t0 = time.perf_counter()
         items = await request_images(request, files, state.config.http.max_queue)
-        tensors = await decode(state.predictor, items)
+        tensors = await decode(state, items)
         rows = await infer(state, tensors)
         preds = state.predictor.predictions([name for name, _ in items], np.stack(rows), with_logits=logits)
         if state.monitor is not None:
@@ -303,7 +377,7 @@ def create_app(
             predictor.close()
         raise
     metrics = ServeMetrics(model_info(predictor), config.http.max_queue, monitor)
-    state = ServeState(predictor, config, metrics, monitor, owns)
+    state = ServeState(predictor, config, metrics, monitor, owns, decode_slots=asyncio.Semaphore(predictor.workers))
     app = FastAPI(title="edgeft serve", version=__version__, lifespan=_lifespan(state), docs_url=None, redoc_url=None)
     app.state.serve = state
     _add_error_handlers(app, state)

@@ -51,6 +51,9 @@ class RateMeter:
         return rate
 
 
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
+
+
 class JsonlSink:
     """One JSON object per line, to a file or stdout; flushed per batch so tail -f and pipes see results live."""
 
@@ -60,6 +63,12 @@ class JsonlSink:
         if self.path is None:
             self._f: IO[str] = sys.stdout
             return
+        if self.path.exists() and (not self.path.is_file() or self.path.suffix.lower() not in JSONL_SUFFIXES):
+            raise EdgeftError(
+                "--jsonl would overwrite a file that is not an earlier JSONL output",
+                path=self.path,
+                fix="pick a new file name ending in .jsonl (an existing .jsonl file is replaced)",
+            )
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._f = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
@@ -91,6 +100,23 @@ class JsonlSink:
             self._f.close()
 
 
+class NullSink(JsonlSink):
+    """No JSONL at all: at a terminal without --jsonl, the human lines are the output."""
+
+    def __init__(self) -> None:
+        self.path = None
+        self.lines = 0
+
+    def write(self, lines: list[str]) -> None:
+        return None
+
+    def describe(self) -> str:
+        return "none"
+
+    def close(self) -> None:
+        return None
+
+
 def draw_label(bgr: np.ndarray, text: str, ok: bool = True) -> np.ndarray:
     """Draw the prediction in the top-left corner on a filled box, scaled to the frame size."""
     import cv2
@@ -113,25 +139,74 @@ def label_text(record: FrameRecord) -> str:
     return f"{p.label} {(p.prob or 0.0) * 100:.1f}%"
 
 
+VIDEO_FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
+
+
+class HumanLines:
+    """At a terminal: one short line per frame ('frame 12  Red Mullet  93.1%  8.2 ms') instead of JSON."""
+
+    def __init__(self, stream: IO[str] | None = None) -> None:
+        self._f = stream or sys.stdout
+
+    def __call__(self, frame: Frame, record: FrameRecord) -> None:
+        where = frame.name or f"frame {record.frame}"
+        p = record.prediction
+        if p.ok:
+            ms = "" if record.latency_ms is None else f"  {record.latency_ms:.1f} ms"
+            text = f"{where}  {p.label}  {(p.prob or 0.0) * 100:.1f}%{ms}"
+        else:
+            text = f"{where}  error: {p.reason or p.error}"
+        self._f.write(text + "\n")
+        self._f.flush()
+
+
 class AnnotatedSaver:
-    """--save DIR: an annotated .avi for video/live sources, annotated images (same relative names) for image sources."""
+    """--save FILE.mp4|.avi|.mkv|.mov: that video file; --save DIR: an annotated .avi for video/live sources,
+    annotated images (same relative names) for image sources.
+
+    A video file is written to a hidden sibling and renamed into place when complete; an existing file is never
+    overwritten.
+    """
 
     def __init__(self, directory: str | Path, as_video: bool, fps: float | None, source_id: str) -> None:
-        self.dir = Path(directory)
-        self.as_video = as_video
+        target = Path(directory)
+        self.fourcc = VIDEO_FOURCC.get(target.suffix.lower()) if not target.is_dir() else None
         self.fps = fps or 30.0
         self.source_id = source_id
         self.count = 0
         self._writer: Any = None
         self._size: tuple[int, int] | None = None
+        if self.fourcc is not None:
+            self._init_file(target)
+            return
+        self.dir = target
+        self.as_video = as_video
+        self.fourcc = "MJPG"
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise EdgeftError(
-                f"cannot create the --save directory ({exc.strerror})", path=self.dir, fix="pick a writable directory"
+                f"cannot create the --save directory ({exc.strerror})",
+                path=self.dir,
+                fix="pick a writable directory, or a video file name ending in .mp4 or .avi",
             ) from None
         stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in source_id).strip("._") or "stream"
         self.video_path = self.dir / f"{Path(stem).stem}.annotated.avi"
+        self._partial = self.video_path
+
+    def _init_file(self, path: Path) -> None:
+        if path.exists():
+            raise EdgeftError(
+                "--save would overwrite an existing file", path=path, fix="pick a new file name, or remove it first"
+            )
+        if not path.parent.is_dir():
+            raise EdgeftError(
+                "the folder of the --save file does not exist", path=path, fix="create the folder, or pick another path"
+            )
+        self.dir = path.parent
+        self.as_video = True
+        self.video_path = path
+        self._partial = path.with_name(f".{path.stem}.partial{path.suffix}")
 
     def write(self, frame: Frame, record: FrameRecord) -> None:
         import cv2
@@ -143,12 +218,13 @@ class AnnotatedSaver:
             if self._writer is None:
                 h, w = bgr.shape[:2]
                 self._size = (w, h)
-                self._writer = cv2.VideoWriter(str(self.video_path), cv2.VideoWriter_fourcc(*"MJPG"), self.fps, (w, h))
+                fourcc = cv2.VideoWriter_fourcc(*self.fourcc)
+                self._writer = cv2.VideoWriter(str(self._partial), fourcc, self.fps, (w, h))
                 if not self._writer.isOpened():
                     raise EdgeftError(
-                        "OpenCV cannot write an MJPG .avi here",
+                        f"OpenCV cannot write a {self.fourcc} video here",
                         path=self.video_path,
-                        fix="pick another --save directory",
+                        fix="pick another --save path (.avi is the most portable)",
                     )
             if (bgr.shape[1], bgr.shape[0]) != self._size:
                 bgr = cv2.resize(bgr, self._size)  # a reconnected camera may come back at another resolution
@@ -172,3 +248,5 @@ class AnnotatedSaver:
         if self._writer is not None:
             self._writer.release()
             self._writer = None
+            if self._partial != self.video_path:
+                os.replace(self._partial, self.video_path)

@@ -20,7 +20,7 @@ from edgeft.core.errors import EdgeftError, ImageDecodeError
 from edgeft.core.hashing import sha256_file
 from edgeft.core.manifests import BundleManifest
 from edgeft.core.numeric import softmax, topk_indices
-from edgeft.core.preprocess import PreprocessSpec, decode_workers, load_image, preprocess
+from edgeft.core.preprocess import PreprocessSpec, decode_workers, frame_image, load_image, preprocess
 from edgeft.engines.select import open_bundle
 from edgeft.serve.batcher import DynamicBatcher
 from edgeft.serve.config import PredictOptions
@@ -50,11 +50,14 @@ def item_source(item: Any, position: int) -> str:
     return f"<{kind} #{position}>"
 
 
-def prepare_item(item: Item, spec: PreprocessSpec, source: str | None = None) -> np.ndarray:
+def prepare_item(
+    item: Item, spec: PreprocessSpec, source: str | None = None, max_pixels: int | None = None, fast: bool = False
+) -> np.ndarray:
     """Any supported input -> (3, S, S) float32; raises ImageDecodeError for unusable input.
 
-    np.ndarray inputs are either HxWx3 uint8 RGB images (camera frames, preprocessed here) or already
-    preprocessed (3, S, S) float32 tensors (passed through).
+    np.ndarray inputs are either HxWx3 uint8 RGB images (camera frames, preprocessed here without a copy) or
+    already preprocessed (3, S, S) float32 tensors (passed through). fast: the measured faster resampling of
+    `core.preprocess.resize_crop` (--fast-preprocess).
     """
     s = spec.input_size
     name = source or item_source(item, 0)
@@ -62,7 +65,7 @@ def prepare_item(item: Item, spec: PreprocessSpec, source: str | None = None) ->
         if item.dtype == np.float32 and item.shape == (3, s, s):
             return np.ascontiguousarray(item)
         if item.dtype == np.uint8 and item.ndim == 3 and item.shape[2] == 3 and min(item.shape[:2]) >= 1:
-            return preprocess(Image.fromarray(item, "RGB"), spec)
+            return preprocess(frame_image(item), spec, fast)
         raise ImageDecodeError(
             f"array of shape {item.shape} and dtype {item.dtype} is neither an HxWx3 uint8 RGB image "
             f"nor a preprocessed (3, {s}, {s}) float32 tensor",
@@ -70,9 +73,9 @@ def prepare_item(item: Item, spec: PreprocessSpec, source: str | None = None) ->
             path=name,
         )
     if isinstance(item, Image.Image):
-        return preprocess(item, spec)
+        return preprocess(item, spec, fast)
     if isinstance(item, (str, Path, bytes)):
-        return preprocess(load_image(item, name=name), spec)
+        return preprocess(load_image(item, name=name, max_pixels=max_pixels), spec, fast)
     raise ImageDecodeError(
         f"unsupported input type {type(item).__name__}; pass a path, bytes, PIL image or numpy array",
         reason="unsupported_type",
@@ -131,12 +134,14 @@ class Predictor:
         topk: int = 5,
         workers: int | None = None,
         verify: bool = True,
+        fast_preprocess: bool = False,
         **engine_options: Any,
     ) -> None:
         _check_sizes(batch_size, topk, workers)
         bundle = BundleManifest.load(bundle_dir)
         engine = open_bundle(bundle_dir, backend, precision, batch_size=batch_size, verify=verify, **engine_options)
         self._setup(engine, bundle, Path(bundle_dir), batch_size, topk, workers)
+        self.fast_preprocess = fast_preprocess
 
     @classmethod
     def from_options(cls, bundle_dir: str | Path, options: PredictOptions, **engine_options: Any) -> Predictor:
@@ -149,6 +154,7 @@ class Predictor:
             topk=options.topk,
             workers=options.workers,
             verify=options.verify,
+            fast_preprocess=options.fast_preprocess,
             **engine_options,
         )
 
@@ -161,6 +167,7 @@ class Predictor:
         batch_size: int = 8,
         topk: int = 5,
         workers: int | None = None,
+        fast_preprocess: bool = False,
     ) -> Predictor:
         """Wrap a loaded engine (or anything with .infer); closing the Predictor closes it."""
         _check_sizes(batch_size, topk, workers)
@@ -168,6 +175,7 @@ class Predictor:
         manifest = bundle if isinstance(bundle, BundleManifest) else BundleManifest.load(bundle)
         self = cls.__new__(cls)
         self._setup(engine, manifest, bundle_dir, batch_size, topk, workers)
+        self.fast_preprocess = fast_preprocess
         return self
 
     def _setup(
@@ -188,7 +196,8 @@ class Predictor:
         self.batch_size = int(batch_size)
         self.topk = min(int(topk), len(self.classes))
         self.bundle_sha256 = sha256_file(bundle_dir / "bundle.json") if bundle_dir is not None else None
-        self._pool = ThreadPoolExecutor(max_workers=workers or decode_workers(), thread_name_prefix="edgeft-decode")
+        self.workers = workers or decode_workers()
+        self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="edgeft-decode")
         if self.gate_warning():
             log.warning(self.gate_warning())
 
@@ -220,11 +229,11 @@ class Predictor:
     # -- the steps -------------------------------------------------------------------------------
     def prepare(self, item: Item, source: str | None = None) -> np.ndarray:
         """Decode and preprocess one input to (3, S, S) float32 (raises ImageDecodeError)."""
-        return prepare_item(item, self.spec, source)
+        return prepare_item(item, self.spec, source, fast=self.fast_preprocess)
 
-    def submit_prepare(self, item: Item, source: str | None = None) -> Future:
+    def submit_prepare(self, item: Item, source: str | None = None, max_pixels: int | None = None) -> Future:
         """`prepare` on the decode pool (the HTTP app decodes a request's images in parallel)."""
-        return self._pool.submit(prepare_item, item, self.spec, source)
+        return self._pool.submit(prepare_item, item, self.spec, source, max_pixels, self.fast_preprocess)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """(N, 3, S, S) float32 -> (N, classes) float32 logits, batch_size rows per engine call."""
@@ -267,7 +276,7 @@ class Predictor:
         """Predictions for a (possibly endless) iterable; decoding batch k+1 overlaps inference of batch k."""
 
         def prepare(item: Item, i: int) -> np.ndarray:
-            return prepare_item(item, self.spec, item_source(item, i))
+            return prepare_item(item, self.spec, item_source(item, i), fast=self.fast_preprocess)
 
         for chunk, prepared in _pipelined(items, prepare, self.batch_size, self._pool):
             good = [j for j, x in enumerate(prepared) if isinstance(x, np.ndarray)]

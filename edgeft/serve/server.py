@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import socket
 import threading
@@ -9,6 +11,7 @@ import time
 from typing import Any
 
 from edgeft.core.errors import EdgeftError
+from edgeft.serve.config import HttpOptions
 
 log = logging.getLogger("edgeft.serve")
 
@@ -55,6 +58,89 @@ def bound_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def read_timeout_protocol(read_timeout_s: float) -> type:
+    """uvicorn's h11 protocol with a request read timeout: a client must send its headers and body within
+    read_timeout_s of its first byte, or the connection is answered 408 and closed (a slow or half-sent request
+    cannot hold a connection open). Time spent waiting for the model does not count."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class ReadTimeoutH11Protocol(H11Protocol):
+        _read_timer: asyncio.TimerHandle | None = None
+
+        def _reading(self) -> bool:
+            cycle = self.cycle
+            return cycle is None or cycle.response_complete or cycle.more_body
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def _arm(self) -> None:
+            if self._read_timer is None:
+                self._read_timer = self.loop.call_later(read_timeout_s, self._expired)
+
+        def _disarm(self) -> None:
+            if self._read_timer is not None:
+                self._read_timer.cancel()
+                self._read_timer = None
+
+        def data_received(self, data: bytes) -> None:
+            if self.cycle is None or self.cycle.response_complete:
+                self._arm()  # a new request starts: it has read_timeout_s to arrive whole
+            super().data_received(data)
+            if not self._reading():
+                self._disarm()
+
+        def on_response_complete(self) -> None:
+            self._disarm()  # uvicorn's keep-alive timeout takes over the idle connection
+            super().on_response_complete()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _expired(self) -> None:
+            self._read_timer = None
+            if self.transport.is_closing() or not self._reading():
+                return
+            log.warning("closed a connection that sent no complete request within %.0f s", read_timeout_s)
+            if self.cycle is None or self.cycle.response_complete:
+                self.transport.write(TIMEOUT_RESPONSE)
+            with contextlib.suppress(h11.LocalProtocolError):
+                self.conn.send(h11.ConnectionClosed())
+            self.transport.close()
+
+    return ReadTimeoutH11Protocol
+
+
+_TIMEOUT_BODY = b'{"error":"timeout","message":"the request did not arrive in time (408)"}'
+TIMEOUT_RESPONSE = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
+    + f"content-length: {len(_TIMEOUT_BODY)}\r\n\r\n".encode()
+    + _TIMEOUT_BODY
+)
+
+
+def uvicorn_config(app: Any, host: str, port: int, log_level: str, http: HttpOptions | None = None) -> Any:
+    """The one uvicorn configuration: keep-alive and read timeouts, header size and connection limits."""
+    import uvicorn
+
+    http = http or HttpOptions()
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        lifespan="on",
+        log_config=None,  # uvicorn's records go through the caller's handlers: one log format for the command
+        http=read_timeout_protocol(http.read_timeout_s),
+        timeout_keep_alive=int(max(1, http.keep_alive_s)),
+        limit_concurrency=http.max_connections,
+        h11_max_incomplete_event_size=16 * 1024,
+    )
+
+
 class BackgroundServer:
     """Run an app in a real uvicorn server on a thread (tests, benchmarks); port 0 picks a free port."""
 
@@ -63,8 +149,9 @@ class BackgroundServer:
 
         self.sock = bound_socket(host, port)
         self.host, self.port = self.sock.getsockname()[:2]
-        config = uvicorn.Config(app, host=host, port=self.port, log_level=log_level, lifespan="on")
-        self.server = uvicorn.Server(config)
+        state = getattr(getattr(app, "state", None), "serve", None)
+        http = state.config.http if state is not None else None
+        self.server = uvicorn.Server(uvicorn_config(app, host, self.port, log_level, http))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     @property
@@ -110,7 +197,7 @@ def serve_http(app: Any, host: str, port: int, log_level: str = "info") -> None:
         state.predictor.describe(),
         url_of(host, sock.getsockname()[1]),
     )
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on"))
+    server = uvicorn.Server(uvicorn_config(app, host, port, log_level, state.config.http))
     try:
         server.run(sockets=[sock])
     finally:

@@ -19,7 +19,7 @@ import numpy as np
 from edgeft.core.errors import ImageDecodeError
 from edgeft.serve.config import ServeConfig
 from edgeft.serve.monitor import ParityMonitor, ParitySnapshot, ReferenceFactory, monitor_for
-from edgeft.serve.outputs import AnnotatedSaver, JsonlSink, LatencyWindow, RateMeter, iso_time
+from edgeft.serve.outputs import AnnotatedSaver, HumanLines, JsonlSink, LatencyWindow, NullSink, RateMeter, iso_time
 from edgeft.serve.predictor import Predictor, failed_prediction
 from edgeft.serve.schema import FrameRecord, Prediction
 from edgeft.serve.sources import CaptureFactory, Frame, FrameSource, open_source
@@ -244,7 +244,8 @@ def serve_stream(
         if config.parity.enabled:
             monitor = monitor_for(predictor, config.parity, reference)
             stack.callback(monitor.close)
-        sink = JsonlSink(config.stream.jsonl)
+        human = HumanLines() if config.stream.human else None
+        sink = NullSink() if human is not None and config.stream.jsonl is None else JsonlSink(config.stream.jsonl)
         stack.callback(sink.close)
         saver = None
         if config.stream.save is not None:
@@ -267,5 +268,6 @@ def serve_stream(
             max_frames=config.stream.max_frames,
             status_every_s=config.status_every_s,
             monitor=monitor,
+            on_record=human,
         )
         return runner.run()

@@ -85,17 +85,31 @@ def plot_confusion(cm: list[list[int]], classes: Sequence[str], path: Path) -> N
     plt.close(fig)
 
 
+def grid_order(y_true: Sequence[int], y_pred: Sequence[int], n: int) -> list[int]:
+    """Up to n indices: half wrong and half right (the other kind fills up when one runs short), in index order."""
+    wrong = [i for i in range(len(y_true)) if y_true[i] != y_pred[i]]
+    right = [i for i in range(len(y_true)) if y_true[i] == y_pred[i]]
+    k_wrong = min(len(wrong), max(n // 2, n - len(right)))
+    return wrong[:k_wrong] + right[: n - k_wrong]
+
+
 def plot_prediction_grid(
-    paths: Sequence[Path], y_true: Sequence[int], y_pred: Sequence[int], classes: Sequence[str], path: Path, n: int = 16
+    paths: Sequence[Path],
+    y_true: Sequence[int],
+    probs: np.ndarray,
+    classes: Sequence[str],
+    path: Path,
+    n: int = 16,
 ) -> None:
-    """A grid of test images titled 'pred (true)', green when right, red when wrong; errors first."""
+    """Test images titled 'pred p% / true', green when right, red when wrong: wrong and right ones side by side."""
     from PIL import Image
 
     plt = _plt()
-    order = sorted(range(len(paths)), key=lambda i: (y_true[i] == y_pred[i], i))[:n]
+    y_pred = [int(i) for i in np.asarray(probs).argmax(1)]
+    order = grid_order(y_true, y_pred, n)
     cols = 4
     rows = max(1, (len(order) + cols - 1) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.6, rows * 2.4))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.6, rows * 2.5))
     for ax in np.atleast_1d(axes).flatten():
         ax.axis("off")
     for ax, i in zip(np.atleast_1d(axes).flatten(), order, strict=False):
@@ -103,7 +117,8 @@ def plot_prediction_grid(
             im.thumbnail((256, 256))
             ax.imshow(im.convert("RGB"))
         ok = y_true[i] == y_pred[i]
-        ax.set_title(f"{classes[y_pred[i]]}\n({classes[y_true[i]]})", fontsize=7, color="green" if ok else "red")
+        title = f"{classes[y_pred[i]]} {probs[i][y_pred[i]]:.0%}\ntrue: {classes[y_true[i]]}"
+        ax.set_title(title, fontsize=7, color="green" if ok else "red")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -20,6 +20,7 @@ import edgeft
 from edgeft.core.errors import EdgeftError
 from edgeft.core.files import cache_root, staged_dir, write_json_atomic
 from edgeft.core.manifests import BackboneInfo, HeadConfig, ModelManifest, SplitsDoc, WeightsInfo
+from edgeft.core.numeric import softmax
 from edgeft.core.progress import Reporter, or_silent
 from edgeft.core.reports import MetricsDoc
 from edgeft.data.layouts import Dataset, load_dataset
@@ -166,6 +167,12 @@ def _scan_and_split(cfg: TrainConfig, rep: Reporter) -> tuple[Dataset, SplitsDoc
         root = Path(cfg.data)
     rep.task("scan (validate + hash)", None)
     ds = load_dataset(root, species=cfg.species, group_regex=cfg.group_regex, workers=cfg.workers, progress=rep.update)
+    if len(ds.classes) < 2:
+        raise EdgeftError(
+            f"found {len(ds.classes)} class ({', '.join(ds.classes)}); a classifier needs at least 2",
+            path=ds.root,
+            fix="add a folder of images for each further class (one folder per class)",
+        )
     doc = splits_doc(ds, assign_splits(ds, cfg.seed, cfg.fractions), cfg.seed)
     for split in ROLES:
         empty = [c for c, n in doc.counts[split].items() if n == 0]
@@ -266,7 +273,8 @@ def _fit_model(cfg: TrainConfig, bb: Backbone, n_classes: int, data: dict[str, S
 def _write_run(
     cfg, run_dir: Path, work: Path, ds: Dataset, doc: SplitsDoc, model, phases, feats, data, bb, init_from, synthetic
 ) -> MetricsDoc:
-    y_pred = _logits(model, data["test"], None if feats is None else feats["test"]).argmax(1)
+    test_logits = _logits(model, data["test"], None if feats is None else feats["test"])
+    y_pred = test_logits.argmax(1)
     y_val = _logits(model, data["val"], None if feats is None else feats["val"]).argmax(1)
     metrics = MetricsDoc(
         test=classification_metrics(data["test"].labels, y_pred, ds.classes),
@@ -282,7 +290,7 @@ def _write_run(
     plot_curves([{**r, "epoch": i} for i, r in enumerate(history, 1)], work / "curves.png", title=run_dir.name)
     plot_confusion(metrics.test.confusion_matrix, ds.classes, work / "confusion_matrix.png")
     plot_prediction_grid(
-        data["test"].paths, data["test"].labels.tolist(), y_pred.tolist(), ds.classes, work / "predictions.png"
+        data["test"].paths, data["test"].labels.tolist(), softmax(test_logits), ds.classes, work / "predictions.png"
     )
     metrics.save(work)
     ModelManifest(

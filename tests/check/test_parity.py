@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from edgeft.check.gate import Gate
@@ -63,6 +64,7 @@ def test_clean_bundle_fp32_matches_torch_and_parity_json_is_typed(tiny_bundle, t
     assert report.passed and "test split" in report.data and report.n_images == 24
     again = ParityReport.load(tmp_path / "parity.json")
     assert again == report
+    assert not (tmp_path / "parity_flips.png").exists(), "no flips, no picture"
 
 
 def test_planted_class_swap_fails_the_gate_with_exit_code_1(tiny_bundle, tmp_path):
@@ -80,6 +82,10 @@ def test_planted_class_swap_fails_the_gate_with_exit_code_1(tiny_bundle, tmp_pat
     assert set(flipped) <= {classes[0], classes[1]} and bad.comparison.n_flipped >= 6
     assert all(f.reference in classes[:2] and f.candidate in classes[:2] for f in bad.comparison.flipped)
     assert any("agreement" in r for r in bad.gate.reasons) and any("Δlogit" in r for r in bad.gate.reasons)
+    picture = out / "parity_flips.png"
+    assert "flipped images" in result.stdout and str(picture) in result.stdout.replace("\n", "")
+    with Image.open(picture) as im:  # the flip matrix and one thumbnail per flipped image (up to 12)
+        assert im.width >= 2.4 * 90 * (1 + min(12, bad.comparison.n_flipped)) - 5
 
 
 def test_wrong_mean_std_in_bundle_is_reported_and_fails(tiny_bundle, tmp_path):
@@ -168,3 +174,34 @@ def test_parity_reuses_the_reference_logits_export_computed_and_agrees_with_a_fr
         assert result.comparison == cached.backends[key].comparison  # same logits either way
     again = run_parity(tiny_bundle, backends=["onnxruntime"], out=tmp_path / "c")  # the fresh pass refilled it
     assert "from the cache" in again.reference_note
+
+
+def test_progress_covers_the_reference_pass_and_every_backend(tiny_bundle, tmp_path):
+    from edgeft.core.progress import Reporter
+
+    class Recorder(Reporter):
+        def __init__(self) -> None:
+            self.tasks: list[tuple[str, int | None]] = []
+            self.done: dict[str, int] = {}
+
+        def task(self, name: str, total: int | None = None) -> None:
+            self.tasks.append((name, total))
+            self.done[name] = 0
+
+        def advance(self, n: int = 1) -> None:
+            self.done[self.tasks[-1][0]] += n
+
+        def note(self, text: str) -> None:
+            return None
+
+    rec = Recorder()
+    report = run_parity(tiny_bundle, out=tmp_path, backends=["onnx-fp32", "openvino-fp32"], reporter=rec)
+    n = report.n_images
+    names = [name for name, _ in rec.tasks]
+    assert names == [
+        "preprocess",
+        f"reference {report.reference}",
+        "1/2 onnxruntime:cpu/onnx-fp32",
+        "2/2 openvino:CPU/openvino-fp32",
+    ]
+    assert all(total == n for _, total in rec.tasks) and all(done == n for done in rec.done.values())

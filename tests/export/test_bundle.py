@@ -212,7 +212,7 @@ def test_a_foreign_dir_is_refused_and_left_byte_for_byte(tiny_run, tmp_path):
     (out / "sub" / "photo.png").write_bytes(bytes(range(256)))
     before = _snapshot(out)
     for force in (False, True):  # --force replaces bundles only: a foreign dir is refused either way
-        with pytest.raises(ExportRefusedError, match="not an edgeft bundle"):
+        with pytest.raises(ExportRefusedError, match="is not a bundle"):
             build_bundle(tiny_run, out, force=force)
         assert _snapshot(out) == before
     _no_partials(out)

@@ -6,6 +6,7 @@ No assertion depends on how fast anything ran: timing belongs in benchmarks/.
 from __future__ import annotations
 
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from edgeft.cli.app import app
@@ -51,6 +52,8 @@ def test_bench_json_has_every_measurement_and_the_recorded_gate(tiny_bundle, cop
     assert report.settings["batches"] == [1, 3] and report.machine["physical_cores"] >= 1
     assert report.preprocess_cpu_ms_per_image > 0
     assert report.best(3).batch == 3
+    with Image.open(tmp_path / "accuracy_latency.png") as chart:  # one panel per batch size
+        assert chart.format == "PNG" and chart.width > chart.height
 
 
 @pytest.mark.slow
@@ -90,3 +93,18 @@ def test_synthetic_frames_are_deterministic_jpegs():
     assert a == b and a[0] != a[1]
     img = load_image(a[0])
     assert img.size == (64, 48) and img.mode == "RGB"
+
+
+@pytest.mark.slow
+def test_bench_on_decoded_frames_with_the_fast_preprocessing(tiny_bundle, copy_dir):
+    bdir = copy_dir(tiny_bundle)
+    args = ["bench", str(bdir), "--batch", "2", "--backends", "onnx-fp32", "--seconds", "0.02", "--warmup", "1"]
+    result = CliRunner().invoke(app, [*args, "--input", "frames", "--fast-preprocess"])
+    assert result.exit_code == 0, result.output
+    report = BenchReport.load(bdir / "bench.json")
+    assert report.images == "64 decoded 640x480 frames"
+    assert report.settings["input"] == "frames" and report.settings["fast_preprocess"] is True
+    [row] = report.results
+    assert row.e2e["images"] >= 2 and report.preprocess_cpu_ms_per_image > 0
+    refused = CliRunner().invoke(app, [*args, "--input", "camera"])
+    assert refused.exit_code == 2 and "--input" in refused.stderr and "Traceback" not in refused.output

@@ -22,7 +22,14 @@ from edgeft.serve.sources.base import (
     is_live_url,
     redact_url,
 )
-from edgeft.serve.sources.files import IMAGE_EXTENSIONS, ImageListSource, OrderedSource, VideoFileSource, list_images
+from edgeft.serve.sources.files import (
+    IMAGE_EXTENSIONS,
+    ImageListSource,
+    OrderedSource,
+    VideoFileSource,
+    glob_files,
+    list_images,
+)
 from edgeft.serve.sources.live import LiveCaptureSource, PacedCapture, ReconnectPolicy
 
 
@@ -42,7 +49,7 @@ def _from_path(source: str, options: StreamOptions, open_capture: CaptureFactory
             return ImageListSource([path], path.name, root=path.parent, prefetch=options.prefetch)
         return VideoFileSource(path, open_capture=open_capture, prefetch=options.prefetch)
     if glob.has_magic(source):
-        files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
+        files = glob_files(source)
         if not files:
             raise EdgeftError(
                 f"the glob {source!r} matches no files",
@@ -101,6 +108,7 @@ __all__ = [
     "SourceStats",
     "VideoFileSource",
     "default_open_capture",
+    "glob_files",
     "is_live_url",
     "list_images",
     "open_source",

@@ -6,6 +6,8 @@ capture factory is injectable (`open_capture`) so tests can hand in captures tha
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import threading
 from collections.abc import Callable
@@ -34,8 +36,19 @@ class Capture(Protocol):
 CaptureFactory = Callable[[int | str], Capture]
 
 
+def quiet_opencv() -> None:
+    """Silence OpenCV's own log (V4L2/FFmpeg warnings on a failed open): edgeft reports the failure once, clearly."""
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    import cv2
+
+    with contextlib.suppress(AttributeError):
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
+
 def default_open_capture(target: int | str) -> Capture:
     """Open a camera index, URL or file with OpenCV; URLs get open/read timeouts so a dead stream cannot hang."""
+    quiet_opencv()
     import cv2
 
     if isinstance(target, int):

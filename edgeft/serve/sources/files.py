@@ -7,7 +7,10 @@ its input. Unreadable image files become error frames, so they show up as error 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
+import glob
 import logging
+import os
 import queue
 import time
 from collections.abc import Iterator, Sequence
@@ -172,9 +175,63 @@ class ImageListSource(OrderedSource):
                 )
 
 
+def walk_files(root: Path) -> Iterator[Path]:
+    """Every file under root exactly once: directory symlinks are followed, but never into a directory already
+    visited (no symlink loop, no tree listed twice), and two links to one file yield it once."""
+    seen_dirs: set[tuple[int, int]] = set()
+    seen_files: set[tuple[int, int]] = set()
+
+    def key(path: str) -> tuple[int, int] | None:
+        try:
+            st = os.stat(path)
+        except OSError:  # a dangling link or a vanished entry
+            return None
+        return st.st_dev, st.st_ino
+
+    top = key(str(root))
+    if top is None:
+        return
+    seen_dirs.add(top)
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        keep = []
+        for d in sorted(dirnames):
+            k = key(os.path.join(dirpath, d))
+            if k is not None and k not in seen_dirs:
+                seen_dirs.add(k)
+                keep.append(d)
+        dirnames[:] = keep
+        for f in sorted(filenames):
+            path = os.path.join(dirpath, f)
+            k = key(path)
+            if k is not None and k not in seen_files and os.path.isfile(path):
+                seen_files.add(k)
+                yield Path(path)
+
+
 def list_images(directory: Path) -> list[Path]:
-    """Image files under a directory (recursively), in sorted path order so runs are reproducible."""
+    """Image files under a directory (recursively, each once), in sorted path order so runs are reproducible."""
     return sorted(
-        (p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS),
+        (p for p in walk_files(directory) if p.suffix.lower() in IMAGE_EXTENSIONS),
         key=lambda p: p.relative_to(directory).as_posix(),
     )
+
+
+def glob_files(pattern: str) -> list[Path]:
+    """Files matching a glob, each once and in sorted order; `**` walks with `walk_files`, so a directory symlink
+    loop neither hangs the walk nor repeats files."""
+    parts = Path(pattern).expanduser().parts
+    fixed = next((i for i, part in enumerate(parts) if glob.has_magic(part)), len(parts))
+    base = Path(*parts[:fixed]) if fixed else Path(".")
+    expanded = str(Path(*parts))
+    if "**" not in parts[fixed:]:
+        found = [Path(p) for p in glob.glob(expanded) if os.path.isfile(p)]
+    else:
+        flat = expanded.replace(f"**{os.sep}", "")
+        found = [
+            p for p in walk_files(base) if fnmatch.fnmatchcase(str(p), expanded) or fnmatch.fnmatchcase(str(p), flat)
+        ]
+    unique: dict[tuple[int, int], Path] = {}
+    for p in sorted(found):
+        st = p.stat()
+        unique.setdefault((st.st_dev, st.st_ino), p)
+    return sorted(unique.values())

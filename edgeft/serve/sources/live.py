@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -28,9 +30,20 @@ class ReconnectPolicy:
     max_retries: int = 5
     base_delay_s: float = 0.5
     max_delay_s: float = 8.0
+    # a source that never opened is most likely absent (no camera, wrong URL): give up within seconds
+    startup_retries: int = 2
+
+    def retries(self, ever_opened: bool) -> int:
+        return self.max_retries if ever_opened else min(self.max_retries, self.startup_retries)
 
     def delay(self, attempt: int) -> float:
         return min(self.max_delay_s, self.base_delay_s * (2 ** max(0, attempt - 1)))
+
+
+def no_video_devices() -> bool:
+    """True on Linux when no /dev/video* device exists at all (elsewhere: unknown, False)."""
+    dev = Path("/dev")
+    return sys.platform.startswith("linux") and dev.is_dir() and not any(dev.glob("video*"))
 
 
 class LiveCaptureSource(FrameSource):
@@ -67,7 +80,7 @@ class LiveCaptureSource(FrameSource):
         """
         while not self._stop.is_set():
             if self._failures:
-                if not self.policy.enabled or self._failures > self.policy.max_retries:
+                if not self.policy.enabled or self._failures > self.policy.retries(self.session > 0):
                     self._error = self._open_error(self._failures)
                     return None
                 delay = self.policy.delay(self._failures)
@@ -75,7 +88,7 @@ class LiveCaptureSource(FrameSource):
                     "%s: cannot open; retry %d/%d in %.2f s",
                     self._describe_target(),
                     self._failures,
-                    self.policy.max_retries,
+                    self.policy.retries(self.session > 0),
                     delay,
                 )
                 if self._stop.wait(delay):
@@ -111,6 +124,8 @@ class LiveCaptureSource(FrameSource):
         else:
             msg = f"lost {what} and could not reconnect {tries}"
         if isinstance(self.target, int):
+            if self.session == 0 and no_video_devices():
+                msg += " (this machine has no camera: /dev/video* does not exist)"
             fix = (
                 "check the camera is plugged in and not used by another process (ls /dev/video*), "
                 "pick the right --camera index, or raise --max-retries"
