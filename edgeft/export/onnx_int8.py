@@ -16,7 +16,7 @@ from edgeft.engines.onnxruntime import OnnxRuntimeEngine
 from edgeft.export.context import Built, ExportContext
 from edgeft.export.qdq_check import check_qdq_for_tensorrt
 from edgeft.export.quant import ort as ort_quant
-from edgeft.export.quant.search import search, write_tradeoff
+from edgeft.export.quant.search import MAX_SEARCH_IMAGES, search, write_tradeoff
 
 FP32_FILE = "model.onnx"
 
@@ -25,7 +25,7 @@ def search_set(ctx: ExportContext) -> tuple[np.ndarray, np.ndarray]:
     """The INT8 search images (val + calib splits, never test) and the FP32 ONNX's logits on them."""
     cal = ctx.calibration_data()
     val = ctx.val_set()
-    x = cal.tensors if val is None else np.concatenate([val[0], cal.tensors])
+    x = (cal.tensors if val is None else np.concatenate([val[0], cal.tensors]))[:MAX_SEARCH_IMAGES]
     ctx.step(f"INT8 search: FP32 reference on {len(x)} val+calib images")
     s = ctx.spec.input_size
     fp32 = OnnxRuntimeEngine(
