@@ -34,6 +34,7 @@ from edgeft.export.quant import ort as ort_quant
 
 SENSITIVITY_IMAGES = 16
 SPEED_IMAGES = 64
+FASTER_THAN_FP32 = 1.1  # a fallback point must beat the FP32 graph's img/s by this factor
 MAX_SEARCH_IMAGES = 640  # val first, then calib: enough to see a 0.5% flip rate, bounded time per point
 SPEED_BATCH = 8
 SQNR_CAP_DB = 80.0  # an exact tensor (the graph input, a float layer) has infinite SQNR
@@ -65,10 +66,13 @@ class SearchResult:
 
     @property
     def best(self) -> Point:
-        """The chosen point, or (no point reached the target) the one that agrees most, the fastest of those."""
+        """The chosen point; when none reached the target, the best-agreeing point that is still clearly faster
+        than the FP32 graph (an "INT8" graph that is mostly float only costs), else the all-INT8 one."""
         if self.chosen is not None:
             return self.points[self.chosen]
-        return max(self.points, key=lambda p: (p.agreement, -p.n_float))
+        floor = (self.fp32_images_per_s or 0.0) * FASTER_THAN_FP32
+        faster = [p for p in self.points if p.images_per_s >= floor] or self.points[:1]
+        return max(faster, key=lambda p: (p.agreement, -p.n_float))
 
     def to_dict(self) -> dict:
         d = asdict(self)
