@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import struct
 import subprocess
 import sys
@@ -21,7 +22,20 @@ import zlib
 from collections import Counter
 
 import httpx
-from bench_serve_http import free_port, rss_bytes
+import psutil
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rss_bytes(pid: int) -> int:
+    try:
+        return int(psutil.Process(pid).memory_info().rss)
+    except psutil.Error:
+        return 0
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:

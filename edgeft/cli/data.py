@@ -44,19 +44,23 @@ def inspect(
 ) -> None:
     """Class balance, skipped files and near-duplicate groups, with a bar chart and a sample grid."""
     from rich.markup import escape
-    from rich.table import Table
 
     from edgeft.data.inspect import inspect_dataset
 
     with console.reporting() as rep:
         rep.task("scan", None)
         report, out_dir = inspect_dataset(root, out, group_regex, progress=rep.update)
-    table = Table(title=escape(f"{report['root']} ({report['layout']} layout)"))
-    for col in ("class", "images", "groups", "largest group"):
-        table.add_column(col, justify="right" if col != "class" else "left")
-    for c, row in report["classes"].items():
-        table.add_row(escape(c), str(row["images"]), str(row["groups"]), str(row["largest_group"]))
-    console.out().print(table)
+    columns = (
+        console.Col("class", "left"),
+        console.Col("images"),
+        console.Col("groups"),
+        console.Col("largest\ngroup"),
+    )
+    rows = [
+        [escape(c), str(row["images"]), str(row["groups"]), str(row["largest_group"])]
+        for c, row in report["classes"].items()
+    ]
+    console.out().print(console.fitted_table(f"{report['root']} ({report['layout']} layout)", columns, rows))
     console.say(
         f"balance (min/max images per class): {report['balance']:.2f}; skipped files: {len(report['skipped'])}; "
         f"images in near-duplicate groups: {report['images_in_duplicate_groups']}"

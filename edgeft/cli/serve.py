@@ -230,7 +230,9 @@ def serve(
     reconnect: bool = typer.Option(
         None, "--reconnect/--no-reconnect", help="Reopen a lost camera/stream with backoff (default: on for live)."
     ),
-    max_retries: int = typer.Option(5, "--max-retries", help="Reconnect attempts before giving up."),
+    max_retries: int = typer.Option(
+        5, "--max-retries", help="Reconnect attempts before giving up (a source that never opened: at most 2)."
+    ),
     parity_sample: float = typer.Option(
         0.0, "--parity-sample", help="Share of inputs re-checked against the FP32 reference (e.g. 0.01)."
     ),

@@ -63,7 +63,8 @@ class JsonlSink:
         if self.path is None:
             self._f: IO[str] = sys.stdout
             return
-        if self.path.exists() and (not self.path.is_file() or self.path.suffix.lower() not in JSONL_SUFFIXES):
+        replaces_a_file = self.path.is_file() and self.path.suffix.lower() not in JSONL_SUFFIXES
+        if self.path.is_dir() or replaces_a_file:  # a device or pipe (/dev/stdout, a FIFO) is written as asked
             raise EdgeftError(
                 "--jsonl would overwrite a file that is not an earlier JSONL output",
                 path=self.path,

@@ -156,3 +156,10 @@ def test_each_command_says_which_run_or_bundle_it_chose(tiny_run, tiny_bundle, v
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 0, (args, result.output)
         assert said in result.stderr.replace("\n", ""), (args, result.stderr)
+
+
+def test_jsonl_may_go_to_a_device_but_never_over_a_directory(tiny_bundle, video, tmp_path):
+    base = ["serve", str(tiny_bundle), "--source", str(video), "--max-frames", "1", "--status-every", "0"]
+    assert CliRunner().invoke(app, [*base, "--jsonl", os.devnull]).exit_code == 0
+    refused = CliRunner().invoke(app, [*base, "--jsonl", str(tmp_path)])
+    assert refused.exit_code == 2 and "--jsonl would overwrite" in refused.stderr

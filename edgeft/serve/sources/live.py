@@ -123,15 +123,16 @@ class LiveCaptureSource(FrameSource):
             msg = f"{what} opens but delivers no frames ({tries})"
         else:
             msg = f"lost {what} and could not reconnect {tries}"
+        retry = "" if self.session == 0 else ", or raise --max-retries"  # a source that never opened: not a blip
         if isinstance(self.target, int):
             if self.session == 0 and no_video_devices():
                 msg += " (this machine has no camera: /dev/video* does not exist)"
             fix = (
                 "check the camera is plugged in and not used by another process (ls /dev/video*), "
-                "pick the right --camera index, or raise --max-retries"
+                f"pick the right --camera index{retry}"
             )
         else:
-            fix = "check the URL, network and credentials (try it with ffplay or VLC), or raise --max-retries"
+            fix = f"check the URL, network and credentials (try it with ffplay or VLC){retry}"
         return EdgeftError(msg, path=None, fix=fix)
 
     def _run(self) -> None:
