@@ -30,6 +30,9 @@ BACKEND = typer.Option(
 PRECISION = typer.Option("fp32", "--precision", help="fp32, fp16, bf16, int8, or auto (fastest passing artifact).")
 BATCH_SIZE = typer.Option(8, "--batch-size", help="Images per model call.")
 TOPK = typer.Option(5, "--topk", help="Classes listed per prediction.")
+UNKNOWN_BELOW = typer.Option(
+    None, "--unknown-below", help="Answer 'unknown' below this top-1 probability (default: the bundle's; 0: off)."
+)
 WORKERS = typer.Option(None, "--workers", help="Decode/preprocess threads (default: one per core, at most 4).")
 
 
@@ -92,6 +95,7 @@ def predict(
     batch_size: int = BATCH_SIZE,
     topk: int = TOPK,
     workers: int = WORKERS,
+    unknown_below: float = UNKNOWN_BELOW,
     logits: bool = typer.Option(False, "--logits", help="Include raw logits in each line."),
 ) -> None:
     """Classify images and print one JSON Prediction per line (the engine used goes to stderr)."""
@@ -104,7 +108,14 @@ def predict(
     if not images:
         raise EdgeftError("no images given", fix="edgeft predict [BUNDLE|RUN] IMAGE...")
     config = ServeConfig.build(
-        model={"backend": backend, "precision": precision, "batch_size": batch_size, "topk": topk, "workers": workers}
+        model={
+            "backend": backend,
+            "precision": precision,
+            "batch_size": batch_size,
+            "topk": topk,
+            "workers": workers,
+            "unknown_below": unknown_below,
+        }
     )
     with Predictor.from_options(bundle_dir_of(target), config.model) as predictor:
         console.labelled("engine", predictor.describe(), stderr=True)
@@ -175,6 +186,7 @@ def serve(
     precision: str = PRECISION,
     batch_size: int = BATCH_SIZE,
     topk: int = TOPK,
+    unknown_below: float = UNKNOWN_BELOW,
     jsonl: str = typer.Option(None, "--jsonl", help="Write one JSON line per frame here (default: stdout)."),
     save: Path = typer.Option(None, "--save", help="Write an annotated video / image folder here."),
     max_frames: int = typer.Option(None, "--max-frames", help="Stop after N frames."),
@@ -201,7 +213,13 @@ def serve(
     stream_only = {"--jsonl": jsonl, "--save": save, "--max-frames": max_frames, "--reconnect": reconnect}
     mode = input_mode(camera, source, http, stream_only)
     config = ServeConfig.build(
-        model={"backend": backend, "precision": precision, "batch_size": batch_size, "topk": topk},
+        model={
+            "backend": backend,
+            "precision": precision,
+            "batch_size": batch_size,
+            "topk": topk,
+            "unknown_below": unknown_below,
+        },
         parity={"sample": parity_sample, "alert_below": parity_alert, "seed": seed},
         stream={
             "jsonl": jsonl,

@@ -64,6 +64,19 @@ OPTIONS = {
         None, "--group-regex", help="Regex whose first group is a group key (e.g. a track id)."
     ),
     "synth_per_class": typer.Option(150, "--synth-per-class", help="Images per species of the synthetic default."),
+    "grouping": typer.Option(
+        "auto",
+        "--grouping",
+        help="auto (file-name track keys + verified flips/rotations/crops) | content | tracks | none.",
+    ),
+    "head": typer.Option("auto", "--head", help="auto (linear and MLP, chosen on val) | linear | mlp."),
+    "weight_decay": typer.Option(1e-4, "--weight-decay", help="Head weight decay (linear head: at least 1e-3)."),
+    "refit": typer.Option(
+        True, "--refit/--no-refit", help="Refit the chosen head on train+val for its best epoch count."
+    ),
+    "false_reject_rate": typer.Option(
+        0.05, "--false-reject-rate", help="Share of correct held-out answers the unknown threshold may reject."
+    ),
 }
 
 
@@ -73,6 +86,10 @@ def run_training(task: str, data: Path | None, **kw) -> None:
 
     if kw["epochs"] < 1 or kw["finetune_epochs"] < 0:
         raise EdgeftError("--epochs must be >= 1 and --finetune-epochs >= 0", fix="pass positive epoch counts")
+    if kw["head"] not in ("auto", "linear", "mlp"):
+        raise EdgeftError(f"--head {kw['head']!r} is not a head kind", fix="use auto, linear or mlp")
+    if not 0.0 <= kw["false_reject_rate"] < 1.0:
+        raise EdgeftError("--false-reject-rate must be in [0, 1)", fix="e.g. --false-reject-rate 0.05")
     cfg = TrainConfig(
         task=task,
         data=data,
@@ -86,6 +103,20 @@ def run_training(task: str, data: Path | None, **kw) -> None:
     test = result.metrics.test
     note = " (synthetic data)" if result.synthetic else ""
     console.labelled("Test accuracy", f"{test.accuracy:.4f}{note}  macro-F1 {test.f1_macro:.4f}  (n={test.n})")
+    cal = result.metrics.calibration
+    if cal:
+        thr = cal.get("unknown_threshold")
+        console.labelled(
+            "Calibration",
+            f"T={cal['temperature']:.3f}  ECE test {cal['ece_test_before']:.3f} -> {cal['ece_test_after']:.3f}  "
+            f"unknown below {'-' if thr is None else f'{thr:.3f}'}",
+        )
+    roles = result.metrics.images_per_role
+    console.labelled(
+        "Images",
+        f"head learnt from {roles.get('head_fit')}, chosen on val {roles.get('val')}, "
+        f"calibrated on {roles.get('calib')}, tested on {roles.get('test')}",
+    )
     console.outputs("Run dir", result.run_dir)
 
 
@@ -116,6 +147,11 @@ def train_fish(
     test_frac: float = OPTIONS["test_frac"],
     group_regex: str = OPTIONS["group_regex"],
     synth_per_class: int = OPTIONS["synth_per_class"],
+    grouping: str = OPTIONS["grouping"],
+    head: str = OPTIONS["head"],
+    weight_decay: float = OPTIONS["weight_decay"],
+    refit: bool = OPTIONS["refit"],
+    false_reject_rate: float = OPTIONS["false_reject_rate"],
 ) -> None:
     """Train a fish-species classifier (Large-Scale Fish Dataset layout, or the synthetic default)."""
     run_training("fish", **locals())
@@ -146,6 +182,11 @@ def train_folder(
     test_frac: float = OPTIONS["test_frac"],
     group_regex: str = OPTIONS["group_regex"],
     synth_per_class: int = OPTIONS["synth_per_class"],
+    grouping: str = OPTIONS["grouping"],
+    head: str = OPTIONS["head"],
+    weight_decay: float = OPTIONS["weight_decay"],
+    refit: bool = OPTIONS["refit"],
+    false_reject_rate: float = OPTIONS["false_reject_rate"],
 ) -> None:
     """Train on any class-per-folder (or pre-split) image tree."""
     run_training("folder", **locals())

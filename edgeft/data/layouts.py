@@ -265,7 +265,7 @@ def _assign_groups(ds: Dataset, descs: dict | None, pattern: re.Pattern | None, 
         by_class.setdefault(r.label, []).append(r.path)
     if grouping == "none":
         for r in ds.records:
-            r.group = f"{r.label}/{r.path}"
+            r.group = r.path
         ds.group_report = group_report(
             {r.path: r.path for r in ds.records}, {r.path: r.label for r in ds.records}, "none", "grouping off"
         )
@@ -281,7 +281,7 @@ def _assign_groups(ds: Dataset, descs: dict | None, pattern: re.Pattern | None, 
         groups.update(g)
         cross += n
     for r in ds.records:
-        r.group = f"{r.label}/{groups[r.path]}"
+        r.group = groups[r.path]  # the group's first path: unique across classes
     parts = []
     if tracks is not None and tracks.rule:
         parts.append(f"tracks:{tracks.rule}")

@@ -34,6 +34,7 @@ class PredictOptions(Options):
     topk: int = Field(5, ge=1, json_schema_extra=_flag("--topk"))
     workers: int | None = Field(None, ge=1, json_schema_extra=_flag("--workers"))
     verify: bool = True
+    unknown_below: float | None = Field(None, ge=0.0, le=1.0, json_schema_extra=_flag("--unknown-below"))
 
 
 class ParityOptions(Options):

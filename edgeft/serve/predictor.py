@@ -110,12 +110,17 @@ def _pipelined(
         yield chunk, prepared
 
 
+UNKNOWN = "unknown"
+
+
 class Predictor:
     """Classify images with a bundle: `Predictor(bundle_dir).predict(["a.jpg", ...])`.
 
     The engine is opened with `edgeft.engines.select.open_bundle` (sha256-verified; `auto` picks the fastest
     artifact whose gate passed). `Predictor.from_engine` wraps an engine opened elsewhere (bench, tests).
-    Probabilities are softmax(logits / T) with the temperature calibrated at training (bundle.json).
+    Probabilities are softmax(logits / T) with the temperature calibrated at training (bundle.json); a top-1
+    probability below the unknown-species threshold (bundle.json, or `unknown_below`; 0 turns it off) is
+    answered as label `unknown`, with the top-k still listed.
     """
 
     def __init__(
@@ -128,12 +133,13 @@ class Predictor:
         topk: int = 5,
         workers: int | None = None,
         verify: bool = True,
+        unknown_below: float | None = None,
         **engine_options: Any,
     ) -> None:
         _check_sizes(batch_size, topk, workers)
         bundle = BundleManifest.load(bundle_dir)
         engine = open_bundle(bundle_dir, backend, precision, batch_size=batch_size, verify=verify, **engine_options)
-        self._setup(engine, bundle, Path(bundle_dir), batch_size, topk, workers)
+        self._setup(engine, bundle, Path(bundle_dir), batch_size, topk, workers, unknown_below)
 
     @classmethod
     def from_options(cls, bundle_dir: str | Path, options: PredictOptions, **engine_options: Any) -> Predictor:
@@ -146,6 +152,7 @@ class Predictor:
             topk=options.topk,
             workers=options.workers,
             verify=options.verify,
+            unknown_below=options.unknown_below,
             **engine_options,
         )
 
@@ -158,13 +165,14 @@ class Predictor:
         batch_size: int = 8,
         topk: int = 5,
         workers: int | None = None,
+        unknown_below: float | None = None,
     ) -> Predictor:
         """Wrap a loaded engine (or anything with .infer); closing the Predictor closes it."""
         _check_sizes(batch_size, topk, workers)
         bundle_dir = None if isinstance(bundle, BundleManifest) else Path(bundle)
         manifest = bundle if isinstance(bundle, BundleManifest) else BundleManifest.load(bundle)
         self = cls.__new__(cls)
-        self._setup(engine, manifest, bundle_dir, batch_size, topk, workers)
+        self._setup(engine, manifest, bundle_dir, batch_size, topk, workers, unknown_below)
         return self
 
     def _setup(
@@ -175,6 +183,7 @@ class Predictor:
         batch_size: int,
         topk: int,
         workers: int | None,
+        unknown_below: float | None = None,
     ) -> None:
         self.engine = engine
         self.bundle = bundle
@@ -182,6 +191,7 @@ class Predictor:
         self.classes: list[str] = list(bundle.classes)
         self.spec: PreprocessSpec = bundle.preprocess
         self.temperature = bundle.calibration.temperature
+        self.unknown_threshold = bundle.calibration.unknown_threshold if unknown_below is None else unknown_below
         self.batch_size = int(batch_size)
         self.topk = min(int(topk), len(self.classes))
         self.bundle_sha256 = sha256_file(bundle_dir / "bundle.json") if bundle_dir is not None else None
@@ -226,11 +236,13 @@ class Predictor:
         for source, row, p, idx in zip(sources, logits, probs, order, strict=True):
             top = [Label(label=self.classes[i], prob=float(p[i])) for i in idx]
             best = int(idx[0])
+            unknown = bool(self.unknown_threshold) and top[0].prob < self.unknown_threshold
             out.append(
                 Prediction(
                     source=source,
-                    label=top[0].label,
-                    index=best,
+                    label=UNKNOWN if unknown else top[0].label,
+                    index=None if unknown else best,
+                    unknown=unknown,
                     prob=top[0].prob,
                     topk=top,
                     logits=row.tolist() if with_logits else None,
