@@ -74,6 +74,12 @@ OPTIONS = {
     "refit": typer.Option(
         True, "--refit/--no-refit", help="Refit the chosen head on train+val for its best epoch count."
     ),
+    "crop": typer.Option(
+        "auto", "--crop", help="auto (squash wide images, else the backbone's rule) | center | squash."
+    ),
+    "augment": typer.Option(
+        "none", "--augment", help="Cached views the head also learns from: none | hflip (mirrored train/val)."
+    ),
     "false_reject_rate": typer.Option(
         0.05, "--false-reject-rate", help="Share of correct held-out answers the unknown threshold may reject."
     ),
@@ -88,6 +94,10 @@ def run_training(task: str, data: Path | None, **kw) -> None:
         raise EdgeftError("--epochs must be >= 1 and --finetune-epochs >= 0", fix="pass positive epoch counts")
     if kw["head"] not in ("auto", "linear", "mlp"):
         raise EdgeftError(f"--head {kw['head']!r} is not a head kind", fix="use auto, linear or mlp")
+    if kw["crop"] not in ("auto", "center", "squash"):
+        raise EdgeftError(f"--crop {kw['crop']!r} is not a crop rule", fix="use auto, center or squash")
+    if kw["augment"] not in ("hflip", "none"):
+        raise EdgeftError(f"--augment {kw['augment']!r} is not a view set", fix="use hflip or none")
     if not 0.0 <= kw["false_reject_rate"] < 1.0:
         raise EdgeftError("--false-reject-rate must be in [0, 1)", fix="e.g. --false-reject-rate 0.05")
     cfg = TrainConfig(
@@ -152,6 +162,8 @@ def train_fish(
     weight_decay: float = OPTIONS["weight_decay"],
     refit: bool = OPTIONS["refit"],
     false_reject_rate: float = OPTIONS["false_reject_rate"],
+    crop: str = OPTIONS["crop"],
+    augment: str = OPTIONS["augment"],
 ) -> None:
     """Train a fish-species classifier (Large-Scale Fish Dataset layout, or the synthetic default)."""
     run_training("fish", **locals())
@@ -187,6 +199,8 @@ def train_folder(
     weight_decay: float = OPTIONS["weight_decay"],
     refit: bool = OPTIONS["refit"],
     false_reject_rate: float = OPTIONS["false_reject_rate"],
+    crop: str = OPTIONS["crop"],
+    augment: str = OPTIONS["augment"],
 ) -> None:
     """Train on any class-per-folder (or pre-split) image tree."""
     run_training("folder", **locals())

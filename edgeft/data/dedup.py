@@ -15,6 +15,7 @@ only when their first images verify against each other. Look-alikes never chain 
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import cv2
@@ -34,8 +35,7 @@ STRICT_NCC = 0.90  # ... with fewer inliers, which must also be FEW_INLIER_RATIO
 FEW_INLIER_RATIO = 0.25
 THUMB = 64
 THUMB_NCC = 0.99  # smooth-image fallback: THUMB x THUMB thumbnails under a flip/90-degree rotation
-_ORB = None
-_CLAHE = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(4, 4))
+_LOCAL = threading.local()  # OpenCV's ORB and CLAHE objects are not thread-safe: one pair per scan thread
 
 
 @dataclass
@@ -97,11 +97,11 @@ def _valid(grey: np.ndarray) -> np.ndarray:
 
 
 def _keypoints(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    global _ORB
-    if _ORB is None:
-        _ORB = cv2.ORB_create(nfeatures=ORB_FEATURES, fastThreshold=7, edgeThreshold=19, patchSize=19)
+    if not hasattr(_LOCAL, "orb"):
+        _LOCAL.orb = cv2.ORB_create(nfeatures=ORB_FEATURES, fastThreshold=7, edgeThreshold=19, patchSize=19)
+        _LOCAL.clahe = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(4, 4))
     # local contrast equalised: dim, blurry underwater crops still give keypoints
-    kps, des = _ORB.detectAndCompute(_CLAHE.apply(grey), _valid(grey))
+    kps, des = _LOCAL.orb.detectAndCompute(_LOCAL.clahe.apply(grey), _valid(grey))
     return np.float32([k.pt for k in kps]).reshape(-1, 2), des
 
 

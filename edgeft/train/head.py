@@ -50,8 +50,19 @@ def select_and_refit(
     base: FitConfig,
     refit: bool,
     on_epoch=None,
+    extra: dict[str, np.ndarray] | None = None,
 ) -> tuple[MLPHead, HeadChoice, dict]:
-    """(final head, its choice, record for metrics.json: every candidate's val figures and the refit)."""
+    """(final head, its choice, record for metrics.json: every candidate's val figures and the refit).
+
+    extra: more training rows per role (e.g. mirrored views of "train" and "val"), labelled like the role.
+    """
+    extra = extra or {}
+
+    def rows(roles: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+        xs = [feats[r] for r in roles] + [extra[r] for r in roles if r in extra]
+        ys = [labels[r] for r in roles] + [labels[r] for r in roles if r in extra]
+        return np.concatenate(xs), np.concatenate(ys)
+
     in_dim = feats["train"].shape[1]
     val = _loader(feats["val"], labels["val"], 512, None)
     tried, best = [], None
@@ -61,7 +72,7 @@ def select_and_refit(
         cfg = FitConfig(**{**asdict(base), "weight_decay": choice.weight_decay})
         hist = fit(
             head,
-            _loader(feats["train"], labels["train"], cfg.batch_size, cfg.seed),
+            _loader(*rows(("train",)), cfg.batch_size, cfg.seed),
             val,
             list(head.parameters()),
             cfg,
@@ -86,9 +97,15 @@ def select_and_refit(
         seed_everything(base.seed)
         head = choice.build(in_dim, n_classes)
         cfg = FitConfig(**{**asdict(base), "weight_decay": choice.weight_decay, "epochs": epochs, "select_best": False})
-        both_x = np.concatenate([feats["train"], feats["val"]])
-        both_y = np.concatenate([labels["train"], labels["val"]])
+        both_x, both_y = rows(("train", "val"))
         hist = fit(head, _loader(both_x, both_y, cfg.batch_size, cfg.seed), val, list(head.parameters()), cfg)
-        record["refit"] = {"on": "train+val", "images": len(both_y), "epochs": epochs, "history": hist.epochs}
+        images = len(labels["train"]) + len(labels["val"])
+        record["refit"] = {
+            "on": "train+val",
+            "images": images,
+            "rows": len(both_y),
+            "epochs": epochs,
+            "history": hist.epochs,
+        }
         head = head.cpu()
     return head.eval(), choice, record

@@ -7,6 +7,7 @@ existing one. An existing run name is refused unless `overwrite` is set.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 from dataclasses import asdict, dataclass, field
@@ -76,6 +77,8 @@ class TrainConfig:
     weight_decay: float = 1e-4
     refit: bool = True
     false_reject_rate: float = 0.05
+    crop: str = "auto"
+    augment: str = "none"
     synth_per_class: int = SYNTH_PER_CLASS
     workers: int = 2
 
@@ -209,6 +212,23 @@ def _note_data(ds: Dataset, doc: SplitsDoc, rep: Reporter) -> None:
         rep.note(f"skipped {len(ds.skipped)} bad file(s); they are listed in skipped.json")
 
 
+WIDE = 1.5  # median long/short side ratio above which `--crop auto` keeps the whole image (squash)
+
+
+def _with_crop(bb: Backbone, cfg: TrainConfig, ds: Dataset, rep: Reporter) -> Backbone:
+    """The crop rule of the preprocessing: the backbone's own, or squash for wide images (video crops of a
+    whole fish lose head and tail to a centre square). Recorded in model.json like every other setting."""
+    crop = cfg.crop
+    if crop == "auto":
+        ratio = float(np.median([max(r.width, r.height) / max(1, min(r.width, r.height)) for r in ds.records]))
+        crop = "squash" if ratio >= WIDE and cfg.init is None else bb.preprocess.crop
+        if crop != bb.preprocess.crop:
+            rep.note(f"images are wide (median side ratio {ratio:.2f}): preprocessing squashes instead of cropping")
+    if crop == bb.preprocess.crop:
+        return bb
+    return dataclasses.replace(bb, preprocess=bb.preprocess.model_copy(update={"crop": crop}))
+
+
 def _epoch_reporter(rep: Reporter):
     def on_epoch(row: dict) -> None:
         rep.advance(1)
@@ -223,10 +243,15 @@ def _head_phase(cfg, bb, n_classes, data, fit_cfg, rep) -> tuple[MLPHead, HeadCh
     for s in ROLES:
         rep.task(f"features {s} ({fx.engine_name})", len(data[s].paths))
         feats[s] = fx.extract(data[s].paths, data[s].shas, progress=rep.update)
+    extra = {}
+    if cfg.augment == "hflip":  # mirrored copies of the images the head learns from (never calib or test)
+        for s in ("train", "val"):
+            rep.task(f"features {s} mirrored ({fx.engine_name})", len(data[s].paths))
+            extra[s] = fx.extract(data[s].paths, data[s].shas, progress=rep.update, view="hflip")
     choices = head_candidates(cfg.head, tuple(cfg.hidden), cfg.dropout, cfg.weight_decay)
     rep.task(f"head ({', '.join(c.kind for c in choices)} on val{', refit' if cfg.refit else ''})", None)
     head, choice, record = select_and_refit(
-        choices, feats, {s: data[s].labels for s in ROLES}, n_classes, fit_cfg, cfg.refit, _epoch_reporter(rep)
+        choices, feats, {s: data[s].labels for s in ROLES}, n_classes, fit_cfg, cfg.refit, _epoch_reporter(rep), extra
     )
     chosen = next(c for c in record["candidates"] if c["kind"] == choice.kind)
     phase = {
@@ -391,6 +416,7 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
     assignment = {it.path: it.split for it in doc.items}
     data = {s: _split(ds, assignment, s) for s in ROLES}
     bb, init_from = _backbone(cfg)
+    bb = _with_crop(bb, cfg, ds, rep)
     model, phases, feats, choice = _fit_model(cfg, bb, len(ds.classes), data, device, rep)
     with staged_dir(run_dir) as work:
         fitted = (model, phases, choice)

@@ -48,6 +48,9 @@ def test_run_dir_contents(lite0_run):
     assert m.head.kind == metrics.head_selection["chosen"]
     assert metrics.calibration["fitted_on"] == f"calib ({roles['calib']} images)"
     assert m.calibration.temperature == metrics.calibration["temperature"]
+    assert splits.report["grouping"]["source"] == "verified-transforms"  # 00001.png: no track keys
+    assert splits.report["grouping"]["note"] == "no track or sequence keys in the file names"
+    assert set(splits.report["split"]["classes"]) == set(m.classes) and splits.report["kept_out"] == []
     args = json.loads((lite0_run / "args.json").read_text())
     assert args == m.hyperparameters and args["lr"] == 3e-3 and args["fractions"]["val"] == 0.15
     test = {it.path for it in splits.of("test")}
