@@ -75,8 +75,26 @@ def size_histogram(sizes: Sequence[int]) -> dict[str, int]:
     return out
 
 
-def group_report(groups: dict[str, str], labels: dict[str, str], source: str, note: str, cross_track: int = 0) -> dict:
-    """Per class: images, groups, largest group and its share, size histogram; warnings for large groups."""
+def single_track_groups(groups: dict[str, str], tracks: TrackKeys | None) -> set[str]:
+    """Groups whose members all carry one track key: one fish or clip by its name, no warning needed."""
+    if tracks is None or not tracks.rule:
+        return set()
+    keys: dict[str, set] = {}
+    for p, g in groups.items():
+        keys.setdefault(g, set()).add(tracks.keys.get(p))
+    return {g for g, k in keys.items() if len(k) == 1 and None not in k}
+
+
+def group_report(
+    groups: dict[str, str],
+    labels: dict[str, str],
+    source: str,
+    note: str,
+    cross_track: int = 0,
+    expected: set[str] | None = None,
+) -> dict:
+    """Per class: images, groups, largest group and its share, size histogram; warnings for large groups
+    (except `expected` ones, e.g. a single named track)."""
     per_class: dict[str, dict] = {}
     warnings: list[str] = []
     by_class: dict[str, Counter] = {}
@@ -84,8 +102,11 @@ def group_report(groups: dict[str, str], labels: dict[str, str], source: str, no
         by_class.setdefault(labels[p], Counter())[g] += 1
     for c in sorted(by_class):
         sizes = by_class[c]
-        n = sum(sizes.values())
+        n = total = sum(sizes.values())
         key, largest = max(sizes.items(), key=lambda kv: (kv[1], kv[0]))
+        suspect = [
+            (n, g) for g, n in sizes.items() if n > 1 and n / total > WARN_FRACTION and g not in (expected or ())
+        ]
         per_class[c] = {
             "images": n,
             "groups": len(sizes),
@@ -94,9 +115,10 @@ def group_report(groups: dict[str, str], labels: dict[str, str], source: str, no
             "largest_group_first": key,
             "sizes": size_histogram(list(sizes.values())),
         }
-        if largest > 1 and largest / n > WARN_FRACTION:
+        if suspect:
+            big, first = max(suspect)
             warnings.append(
-                f"class {c!r}: one group holds {largest} of {n} images ({largest / n:.0%}, first {key}); "
+                f"class {c!r}: one group holds {big} of {n} images ({big / n:.0%}, first {first}); "
                 "check they are one specimen (`edgeft data inspect` shows it)"
             )
     return {

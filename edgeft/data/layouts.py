@@ -19,7 +19,7 @@ from edgeft.core.errors import EdgeftError, ImageDecodeError
 from edgeft.core.hashing import sha256_bytes
 from edgeft.core.preprocess import load_image
 from edgeft.data.dedup import describe
-from edgeft.data.grouping import GROUPINGS, class_groups, group_report
+from edgeft.data.grouping import GROUPINGS, class_groups, group_report, single_track_groups
 from edgeft.data.tracks import TrackKeys, detect_track_keys, regex_keys
 
 LAYOUT_HELP = (
@@ -292,4 +292,5 @@ def _assign_groups(ds: Dataset, descs: dict | None, pattern: re.Pattern | None, 
     if cross:
         note += f"; {cross} image(s) verified as transforms of another track's image (reported, not merged)"
     labels = {r.path: r.label for r in ds.records}
-    ds.group_report = group_report(groups, labels, ds.group_source, note, cross)
+    expected = single_track_groups(groups, tracks)
+    ds.group_report = group_report(groups, labels, ds.group_source, note, cross, expected)

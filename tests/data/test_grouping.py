@@ -10,6 +10,7 @@ from PIL import Image, ImageDraw
 
 from edgeft.core.errors import EdgeftError
 from edgeft.data.dedup import CANDIDATE_BITS, _popcount64, describe, is_transform, transform_groups
+from edgeft.data.grouping import group_report
 from edgeft.data.layouts import load_dataset
 from edgeft.data.tracks import detect_track_keys
 
@@ -106,7 +107,7 @@ def test_frame_sequence_joins_and_grouping_can_be_turned_off(tmp_path):
     assert ds.group_source.startswith("tracks:fish-frame")
     assert len({r.group for r in ds.records if r.label == "a"}) == 3
     assert ds.group_report["classes"]["a"]["largest_group"] == 3
-    assert ds.group_report["warnings"]  # each fish holds a third of its class
+    assert ds.group_report["warnings"] == []  # a third of the class, but one fish by its name: expected
     off = load_dataset(tmp_path, grouping="none")
     assert len({r.group for r in off.records}) == 18
     with pytest.raises(EdgeftError, match="unknown grouping"):
@@ -134,3 +135,13 @@ def test_class_with_only_bad_files_names_them(tmp_path):
     (tmp_path / "b" / "notes.txt").write_text("hello")
     with pytest.raises(EdgeftError, match=r"\['b'\] have no valid images: b/empty.png \(empty.*b/notes.txt"):
         load_dataset(tmp_path)
+
+
+def test_large_groups_not_explained_by_a_track_are_reported():
+    labels = {f"a/{i}.png": "a" for i in range(40)}
+    groups = {p: ("a/0.png" if i < 6 else p) for i, p in enumerate(labels)}  # 6 of 40 in one group: 15%
+    report = group_report(groups, labels, "verified-transforms", "")
+    assert report["classes"]["a"]["largest_group"] == 6 and report["classes"]["a"]["groups"] == 35
+    assert report["classes"]["a"]["sizes"]["1"] == 34 and report["classes"]["a"]["sizes"]["6-10"] == 1
+    assert len(report["warnings"]) == 1 and "6 of 40 images (15%" in report["warnings"][0]
+    assert group_report(groups, labels, "tracks", "", expected={"a/0.png"})["warnings"] == []

@@ -49,3 +49,10 @@ def test_unknown_threshold_rejects_the_stated_share_of_correct_answers():
     rejected = pt.max(1)[correct] < thr
     assert rejected.mean() == pytest.approx(0.1, abs=0.02)
     assert unknown_threshold(probs, y, 0.0) is None
+
+
+def test_no_errors_on_held_out_images_leaves_the_temperature_alone():
+    z, y = _overconfident(500, 1.0, seed=5)
+    perfect = z.argmax(1)  # labels that the logits all get right
+    assert fit_temperature(z, perfect) == 1.0
+    assert fit_temperature(z, y) != 1.0
