@@ -26,11 +26,14 @@ def nll(logits: np.ndarray, labels: np.ndarray, t: float = 1.0) -> float:
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """argmin_T NLL(softmax(logits / T)), searched on log T in [1/20, 20] (coarse grid, then golden section).
 
-    Without a single error on the held-out images the NLL keeps falling as T -> 0 (every answer becomes
-    certain): there is nothing to calibrate against, and T stays 1.
+    Without a single error on the n held-out images the NLL keeps falling as T -> 0 (every answer becomes
+    certain). Then T is set so that the mean top-1 probability equals (n + 0.5) / (n + 1), the accuracy
+    those n correct answers support, instead of certainty.
     """
-    if len(labels) == 0 or bool((logits.argmax(axis=1) == labels).all()):
+    if len(labels) == 0:
         return 1.0
+    if bool((logits.argmax(axis=1) == labels).all()):
+        return _temperature_for_confidence(logits, (len(labels) + 0.5) / (len(labels) + 1))
     grid = np.linspace(np.log(0.05), np.log(20.0), 61)
     losses = [nll(logits, labels, float(np.exp(g))) for g in grid]
     k = int(np.argmin(losses))
@@ -42,6 +45,18 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
             hi = b
         else:
             lo = a
+    return float(np.exp((lo + hi) / 2))
+
+
+def _temperature_for_confidence(logits: np.ndarray, target: float) -> float:
+    """T whose mean top-1 probability is `target` (it falls as T grows), by bisection on log T."""
+    lo, hi = np.log(0.05), np.log(20.0)
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if softmax(logits, float(np.exp(mid))).max(axis=1).mean() > target:
+            lo = mid
+        else:
+            hi = mid
     return float(np.exp((lo + hi) / 2))
 
 

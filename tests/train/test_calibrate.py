@@ -51,8 +51,12 @@ def test_unknown_threshold_rejects_the_stated_share_of_correct_answers():
     assert unknown_threshold(probs, y, 0.0) is None
 
 
-def test_no_errors_on_held_out_images_leaves_the_temperature_alone():
-    z, y = _overconfident(500, 1.0, seed=5)
-    perfect = z.argmax(1)  # labels that the logits all get right
-    assert fit_temperature(z, perfect) == 1.0
-    assert fit_temperature(z, y) != 1.0
+def test_no_errors_on_held_out_images_claims_what_n_correct_answers_support():
+    rng = np.random.default_rng(5)
+    perfect = rng.integers(0, 5, 500)
+    z = rng.normal(0, 0.3, (500, 5))
+    z[np.arange(500), perfect] += 4.0  # a clear margin ...
+    perfect = z.argmax(1)  # ... and labels that every answer gets right
+    t = fit_temperature(z, perfect)
+    assert 0.05 < t < 20.0  # not driven to the bound, as the NLL would
+    assert softmax(z, t).max(1).mean() == pytest.approx(500.5 / 501, abs=1e-4)
