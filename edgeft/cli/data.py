@@ -41,15 +41,16 @@ def inspect(
     root: Path = typer.Argument(..., help="Dataset root (any supported layout)."),
     out: Path = typer.Option(None, "--out", help="Where to write the report (default ROOT/../<name>_inspect)."),
     group_regex: str = typer.Option(None, "--group-regex", help="Regex whose first group is a group key."),
+    grouping: str = typer.Option("auto", "--grouping", help="auto | content | tracks | none (see `train`)."),
 ) -> None:
-    """Class balance, skipped files and near-duplicate groups, with a bar chart and a sample grid."""
+    """Class balance, skipped files and groups, with a bar chart, a sample grid and the largest groups."""
     from rich.markup import escape
 
     from edgeft.data.inspect import inspect_dataset
 
     with console.reporting() as rep:
         rep.task("scan", None)
-        report, out_dir = inspect_dataset(root, out, group_regex, progress=rep.update)
+        report, out_dir = inspect_dataset(root, out, group_regex, progress=rep.update, grouping=grouping)
     columns = (
         console.Col("class", "left"),
         console.Col("images"),
@@ -65,6 +66,11 @@ def inspect(
         f"balance (min/max images per class): {report['balance']:.2f}; skipped files: {len(report['skipped'])}; "
         f"images in near-duplicate groups: {report['images_in_duplicate_groups']}"
     )
+    console.say(f"groups: {report['grouping']['source']}; {report['grouping']['note']}")
+    for w in report["grouping"]["warnings"][:10]:
+        console.say(f"  warning: {w}")
+    for c in report["conflicts"][:10]:
+        console.say(f"  same image under two classes (kept out): {' and '.join(c['paths'])}")
     for s in report["skipped"][:10]:
         console.say(f"  skipped {s['path']}: {s['reason']}")
     console.outputs("Report written to", out_dir)

@@ -30,6 +30,9 @@ BACKEND = typer.Option(
 PRECISION = typer.Option("fp32", "--precision", help="fp32, fp16, bf16, int8, or auto (fastest passing artifact).")
 BATCH_SIZE = typer.Option(8, "--batch-size", help="Images per model call.")
 TOPK = typer.Option(5, "--topk", help="Classes listed per prediction.")
+UNKNOWN_BELOW = typer.Option(
+    None, "--unknown-below", help="Answer 'unknown' below this top-1 probability (default: the bundle's; 0: off)."
+)
 WORKERS = typer.Option(None, "--workers", help="Decode/preprocess threads (default: one per core, at most 4).")
 FAST = typer.Option(
     False,
@@ -97,6 +100,7 @@ def predict(
     batch_size: int = BATCH_SIZE,
     topk: int = TOPK,
     workers: int = WORKERS,
+    unknown_below: float = UNKNOWN_BELOW,
     logits: bool = typer.Option(False, "--logits", help="Include raw logits in each line."),
     fast_preprocess: bool = FAST,
 ) -> None:
@@ -117,6 +121,7 @@ def predict(
             "topk": topk,
             "workers": workers,
             "fast_preprocess": fast_preprocess,
+            "unknown_below": unknown_below,
         }
     )
     with Predictor.from_options(bundle_dir_of(target), config.model) as predictor:
@@ -192,7 +197,7 @@ def _serve_config(o: dict[str, Any]) -> Any:
         return {n: o[n] for n in names}
 
     return ServeConfig.build(
-        model=pick("backend", "precision", "batch_size", "topk", "fast_preprocess"),
+        model=pick("backend", "precision", "batch_size", "topk", "fast_preprocess", "unknown_below"),
         parity={"sample": o["parity_sample"], "alert_below": o["parity_alert"], "seed": o["seed"]},
         stream={
             **pick("jsonl", "save", "max_frames", "reconnect", "max_retries"),
@@ -216,6 +221,7 @@ def serve(
     precision: str = PRECISION,
     batch_size: int = BATCH_SIZE,
     topk: int = TOPK,
+    unknown_below: float = UNKNOWN_BELOW,
     jsonl: str = typer.Option(
         None,
         "--jsonl",

@@ -67,6 +67,25 @@ OPTIONS = {
     "synth_per_class": typer.Option(
         DEFAULT_PER_CLASS, "--synth-per-class", help="Images per species of the synthetic default."
     ),
+    "grouping": typer.Option(
+        "auto",
+        "--grouping",
+        help="auto (file-name track keys + verified flips/rotations/crops) | content | tracks | none.",
+    ),
+    "head": typer.Option("auto", "--head", help="auto (linear and MLP, chosen on val) | linear | mlp."),
+    "weight_decay": typer.Option(1e-4, "--weight-decay", help="Head weight decay (linear head: at least 1e-3)."),
+    "refit": typer.Option(
+        True, "--refit/--no-refit", help="Refit the chosen head on train+val for its best epoch count."
+    ),
+    "crop": typer.Option(
+        "auto", "--crop", help="auto (squash wide images, else the backbone's rule) | center | squash."
+    ),
+    "augment": typer.Option(
+        "none", "--augment", help="Cached views the head also learns from: none | hflip (mirrored train/val)."
+    ),
+    "false_reject_rate": typer.Option(
+        0.05, "--false-reject-rate", help="Share of correct held-out answers the unknown threshold may reject."
+    ),
 }
 
 
@@ -76,6 +95,14 @@ def run_training(task: str, data: Path | None, **kw) -> None:
 
     if kw["epochs"] < 1 or kw["finetune_epochs"] < 0:
         raise EdgeftError("--epochs must be >= 1 and --finetune-epochs >= 0", fix="pass positive epoch counts")
+    if kw["head"] not in ("auto", "linear", "mlp"):
+        raise EdgeftError(f"--head {kw['head']!r} is not a head kind", fix="use auto, linear or mlp")
+    if kw["crop"] not in ("auto", "center", "squash"):
+        raise EdgeftError(f"--crop {kw['crop']!r} is not a crop rule", fix="use auto, center or squash")
+    if kw["augment"] not in ("hflip", "none"):
+        raise EdgeftError(f"--augment {kw['augment']!r} is not a view set", fix="use hflip or none")
+    if not 0.0 <= kw["false_reject_rate"] < 1.0:
+        raise EdgeftError("--false-reject-rate must be in [0, 1)", fix="e.g. --false-reject-rate 0.05")
     cfg = TrainConfig(
         task=task,
         data=data,
@@ -89,6 +116,20 @@ def run_training(task: str, data: Path | None, **kw) -> None:
     test = result.metrics.test
     note = " (synthetic data)" if result.synthetic else ""
     console.labelled("Test accuracy", f"{test.accuracy:.4f}{note}  macro-F1 {test.f1_macro:.4f}  (n={test.n})")
+    cal = result.metrics.calibration
+    if cal:
+        thr = cal.get("unknown_threshold")
+        console.labelled(
+            "Calibration",
+            f"T={cal['temperature']:.3f}  ECE test {cal['ece_test_before']:.3f} -> {cal['ece_test_after']:.3f}  "
+            f"unknown below {'-' if thr is None else f'{thr:.3f}'}",
+        )
+    roles = result.metrics.images_per_role
+    console.labelled(
+        "Images",
+        f"head learnt from {roles.get('head_fit')}, chosen on val {roles.get('val')}, "
+        f"calibrated on {roles.get('calib')}, tested on {roles.get('test')}",
+    )
     console.outputs("Run dir", result.run_dir)
 
 
@@ -119,6 +160,13 @@ def train_fish(
     test_frac: float = OPTIONS["test_frac"],
     group_regex: str = OPTIONS["group_regex"],
     synth_per_class: int = OPTIONS["synth_per_class"],
+    grouping: str = OPTIONS["grouping"],
+    head: str = OPTIONS["head"],
+    weight_decay: float = OPTIONS["weight_decay"],
+    refit: bool = OPTIONS["refit"],
+    false_reject_rate: float = OPTIONS["false_reject_rate"],
+    crop: str = OPTIONS["crop"],
+    augment: str = OPTIONS["augment"],
 ) -> None:
     """Train a fish-species classifier (Large-Scale Fish Dataset layout, or the synthetic default)."""
     run_training("fish", **locals())
@@ -149,6 +197,13 @@ def train_folder(
     test_frac: float = OPTIONS["test_frac"],
     group_regex: str = OPTIONS["group_regex"],
     synth_per_class: int = OPTIONS["synth_per_class"],
+    grouping: str = OPTIONS["grouping"],
+    head: str = OPTIONS["head"],
+    weight_decay: float = OPTIONS["weight_decay"],
+    refit: bool = OPTIONS["refit"],
+    false_reject_rate: float = OPTIONS["false_reject_rate"],
+    crop: str = OPTIONS["crop"],
+    augment: str = OPTIONS["augment"],
 ) -> None:
     """Train on any class-per-folder (or pre-split) image tree."""
     run_training("folder", **locals())

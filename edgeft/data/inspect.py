@@ -15,8 +15,9 @@ def inspect_dataset(
     out: str | Path | None = None,
     group_regex: str | None = None,
     progress: Callable[[int, int], None] | None = None,
+    grouping: str = "auto",
 ) -> tuple[dict, Path]:
-    ds = load_dataset(root, group_regex=group_regex, progress=progress)
+    ds = load_dataset(root, group_regex=group_regex, progress=progress, grouping=grouping)
     out_dir = Path(out) if out else ds.root.parent / f"{ds.root.name}_inspect"
     out_dir.mkdir(parents=True, exist_ok=True)
     counts = ds.counts()
@@ -33,6 +34,8 @@ def inspect_dataset(
         "classes": classes,
         "balance": min(counts.values()) / max(counts.values()),
         "skipped": ds.skipped,
+        "conflicts": ds.conflicts,
+        "grouping": {k: v for k, v in ds.group_report.items() if k != "classes"},
         "duplicate_groups": len(dup_groups),
         "images_in_duplicate_groups": sum(dup_groups.values()),
         "duplicate_group_members": {
@@ -41,6 +44,7 @@ def inspect_dataset(
         },
     }
     _plots(ds, counts, out_dir)
+    _largest_groups(ds, out_dir / "largest_groups.png")
     write_json_atomic(out_dir / "inspect.json", report)
     return report, out_dir
 
@@ -74,4 +78,34 @@ def _plots(ds, counts: dict[str, int], out_dir: Path) -> None:
         ax.set_title(c, fontsize=8)
     fig.tight_layout()
     fig.savefig(out_dir / "samples.png", dpi=100)
+    plt.close(fig)
+
+
+def _largest_groups(ds, path: Path, n_groups: int = 4, per_group: int = 6) -> None:
+    """One row per largest group (by share of its class): a few of its members, to check by eye."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    counts = ds.counts()
+    members: dict[str, list] = {}
+    for r in sorted(ds.records, key=lambda r: r.path):
+        members.setdefault(r.group, []).append(r)
+    top = sorted(members, key=lambda g: (-len(members[g]) / counts[members[g][0].label], g))[:n_groups]
+    fig, axes = plt.subplots(len(top), per_group, figsize=(per_group * 2, len(top) * 2.1), squeeze=False)
+    for ax in axes.flatten():
+        ax.axis("off")
+    for row, g in zip(axes, top, strict=False):
+        recs = members[g]
+        step = max(1, len(recs) // per_group)
+        for ax, r in zip(row, recs[::step], strict=False):
+            with Image.open(ds.abspath(r)) as im:
+                im.thumbnail((192, 192))
+                ax.imshow(im.convert("RGB"))
+        share = len(recs) / counts[recs[0].label]
+        row[0].set_title(f"{recs[0].label}: {len(recs)} images ({share:.0%})", fontsize=8, loc="left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
     plt.close(fig)

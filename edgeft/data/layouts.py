@@ -15,12 +15,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from edgeft.core.errors import EdgeftError, ImageDecodeError
 from edgeft.core.hashing import sha256_bytes
 from edgeft.core.preprocess import load_image
-from edgeft.data.dedup import dihedral_hashes, disc_hashes, near_duplicate_groups
+from edgeft.data.dedup import describe
+from edgeft.data.grouping import GROUPINGS, class_groups, group_report, single_track_groups
+from edgeft.data.tracks import TrackKeys, detect_track_keys, regex_keys
 
 LAYOUT_HELP = (
     "expected one of: Fish_Dataset/<Species>/<Species>/*.png (the Large-Scale Fish Dataset), "
@@ -50,7 +50,9 @@ class Dataset:
     classes: list[str]
     records: list[Record]
     skipped: list[dict] = field(default_factory=list)
-    group_source: str = "perceptual-hash"
+    group_source: str = "content"
+    group_report: dict = field(default_factory=dict)
+    conflicts: list[dict] = field(default_factory=list)  # identical bytes under two classes: kept out
 
     def abspath(self, rec: Record) -> Path:
         return self.root / rec.path
@@ -123,7 +125,7 @@ def _candidates(layout: str, root: Path) -> list[tuple[Path, str, str | None]]:
 
 
 def _scan_one(path: Path, descriptors: bool = True):
-    """Open the image once: validate, hash the bytes, compute the near-duplicate descriptors."""
+    """Open the image once: validate, hash the bytes, describe it for transform-verified grouping."""
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -132,9 +134,7 @@ def _scan_one(path: Path, descriptors: bool = True):
         img = load_image(data, name=str(path))
     except ImageDecodeError as exc:
         return path, None, f"{exc.reason}: {exc.message}"
-    if not descriptors:
-        return path, (sha256_bytes(data), None, None, img.size), None
-    return path, (sha256_bytes(data), dihedral_hashes(img), disc_hashes(img), img.size), None
+    return path, (sha256_bytes(data), describe(img) if descriptors else None, img.size), None
 
 
 def load_dataset(
@@ -147,9 +147,53 @@ def load_dataset(
 ) -> Dataset:
     """Find, validate and group every image of a dataset tree. Bad files are skipped and reported.
 
-    grouping: "auto" (near-duplicates, or group_regex when given) or "none" (every image its own group).
+    grouping: "auto" (track keys from file names or `group_regex`, plus verified transforms), "content"
+    (verified transforms only), "tracks" (file-name keys only) or "none" (every image its own group).
+    Byte-identical images always share a group; identical images under two classes are kept out.
     """
+    if grouping not in GROUPINGS:
+        raise EdgeftError(f"unknown grouping {grouping!r}", fix=f"use one of {', '.join(GROUPINGS)}")
     layout, root = detect_layout(Path(root).expanduser().resolve())
+    cands, classes = _select(layout, root, species)
+    pattern = _compile(group_regex)
+    records: list[Record] = []
+    skipped: list[dict] = []
+    descs: dict[str, object] = {}
+    describe_images = grouping in ("auto", "content")
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        scan = [(c[0], describe_images) for c in cands]
+        for i, (path, result, error) in enumerate(pool.map(lambda a: _scan_one(*a), scan)):
+            _, label, split = cands[i]
+            rel = path.relative_to(root).as_posix()
+            if error:
+                skipped.append({"path": rel, "class": label, "reason": error})
+            else:
+                sha, desc, (w, h) = result
+                records.append(Record(rel, label, sha, given_split=split, width=w, height=h))
+                descs[rel] = desc
+            if progress:
+                progress(i + 1, len(cands))
+    _require_images(root, classes, records, skipped)
+    records, conflicts = _drop_cross_class_copies(records)
+    _require_images(root, classes, records, skipped, conflicts)
+    ds = Dataset(root, layout, classes, records, skipped, grouping, conflicts=conflicts)
+    _assign_groups(ds, descs if describe_images else None, pattern, grouping)
+    return ds
+
+
+def _compile(group_regex: str | None) -> re.Pattern | None:
+    if not group_regex:
+        return None
+    try:
+        return re.compile(group_regex)
+    except re.error as exc:
+        raise EdgeftError(
+            f"--group-regex {group_regex!r} is not a valid regular expression ({exc})",
+            fix="e.g. --group-regex '(.*_fish[0-9]+)_frame'",
+        ) from None
+
+
+def _select(layout: str, root: Path, species: Sequence[str] | None) -> tuple[list, list[str]]:
     cands = _candidates(layout, root)
     available = sorted({c for _, c, _ in cands} | _class_dirs(layout, root))
     if species:
@@ -162,45 +206,48 @@ def load_dataset(
             )
         keep = set(species)
         cands = [c for c in cands if c[1] in keep]
-        classes = [s for s in available if s in keep]
-    else:
-        classes = available
-    if not classes:
+        available = [s for s in available if s in keep]
+    if not available:
         raise EdgeftError("no classes found", path=root, fix=LAYOUT_HELP)
-    pattern = re.compile(group_regex) if group_regex else None
+    return cands, available
 
-    records: list[Record] = []
-    skipped: list[dict] = []
-    feats: dict[str, tuple] = {}
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        describe = grouping != "none" and pattern is None
-        scan = [(c[0], describe) for c in cands]
-        for i, (path, result, error) in enumerate(pool.map(lambda a: _scan_one(*a), scan)):
-            _, label, split = cands[i]
-            rel = path.relative_to(root).as_posix()
-            if error:
-                skipped.append({"path": rel, "class": label, "reason": error})
-            else:
-                sha, ph, ring, (w, h) = result
-                records.append(Record(rel, label, sha, given_split=split, width=w, height=h))
-                feats[rel] = (ph, ring)
-            if progress:
-                progress(i + 1, len(cands))
 
-    counts = {c: 0 for c in classes}
+def _require_images(
+    root: Path, classes: list[str], records: list[Record], skipped: list[dict], conflicts: list[dict] | None = None
+) -> None:
+    """Every class needs a valid image; a class without one is named with its bad files and their reasons."""
+    have = {r.label for r in records}
+    empty = [c for c in classes if c not in have]
+    if not empty:
+        return
+    bad = [f"{s['path']} ({s['reason']})" for s in skipped if s["class"] in empty]
+    bad += [
+        f"{c['paths'][c['classes'].index(e)]} (same bytes as another class)"
+        for c in conflicts or []
+        for e in empty
+        if e in c["classes"]
+    ]
+    shown = "; ".join(bad[:8]) + (f"; +{len(bad) - 8} more" if len(bad) > 8 else "")
+    raise EdgeftError(
+        f"class(es) {empty} have no valid images" + (f": {shown}" if bad else " (the folder is empty)"),
+        path=root,
+        fix=f"replace the bad files or drop the class; {LAYOUT_HELP}",
+    )
+
+
+def _drop_cross_class_copies(records: list[Record]) -> tuple[list[Record], list[dict]]:
+    """Identical bytes labelled with two classes: a label error, reported with both paths and kept out."""
+    by_sha: dict[str, list[Record]] = {}
     for r in records:
-        counts[r.label] += 1
-    empty = [c for c, n in counts.items() if n == 0]
-    if empty:
-        raise EdgeftError(
-            f"class(es) {empty} have no valid images", path=root, fix=f"add images or drop the class; {LAYOUT_HELP}"
-        )
-    if grouping == "none":
-        for r in records:
-            r.group = f"{r.label}/{r.path}"
-        return Dataset(root, layout, classes, records, skipped, "none")
-    _assign_groups(records, feats, pattern)
-    return Dataset(root, layout, classes, records, skipped, "regex" if pattern else "perceptual-hash")
+        by_sha.setdefault(r.sha256, []).append(r)
+    conflicts = []
+    for sha, recs in by_sha.items():
+        labels = sorted({r.label for r in recs})
+        if len(labels) > 1:
+            recs = sorted(recs, key=lambda r: (r.label, r.path))
+            conflicts.append({"sha256": sha, "classes": [r.label for r in recs], "paths": [r.path for r in recs]})
+    bad = {c["sha256"] for c in conflicts}
+    return [r for r in records if r.sha256 not in bad], conflicts
 
 
 def _class_dirs(layout: str, root: Path) -> set[str]:
@@ -211,20 +258,39 @@ def _class_dirs(layout: str, root: Path) -> set[str]:
     return {d.name for s in root.iterdir() if _is_dir(s) for d in s.iterdir() if _is_dir(d)}
 
 
-def _assign_groups(records: list[Record], feats: dict[str, tuple], pattern: re.Pattern | None) -> None:
-    """Group per class: by the regex's first capture group, or by near-duplicate components."""
-    by_class: dict[str, list[Record]] = {}
-    for r in records:
-        by_class.setdefault(r.label, []).append(r)
-    for label, recs in by_class.items():
-        if pattern is not None:
-            for r in recs:
-                m = pattern.search(Path(r.path).name)
-                key = (m.group(1) if m.groups() else m.group(0)) if m else Path(r.path).stem
-                r.group = f"{label}/{key}"
-            continue
-        ph = np.stack([feats[r.path][0] for r in recs])
-        discs = np.stack([feats[r.path][1] for r in recs])
-        comp = near_duplicate_groups(ph, discs)
-        for r, c in zip(recs, comp, strict=True):
-            r.group = f"{label}/{recs[c].path.rsplit('/', 1)[-1]}"
+def _assign_groups(ds: Dataset, descs: dict | None, pattern: re.Pattern | None, grouping: str) -> None:
+    """Group per class (see edgeft.data.grouping) and record how, in ds.group_source and ds.group_report."""
+    by_class: dict[str, list[str]] = {}
+    for r in ds.records:
+        by_class.setdefault(r.label, []).append(r.path)
+    if grouping == "none":
+        for r in ds.records:
+            r.group = r.path
+        ds.group_report = group_report(
+            {r.path: r.path for r in ds.records}, {r.path: r.label for r in ds.records}, "none", "grouping off"
+        )
+        return
+    tracks: TrackKeys | None = None
+    if grouping in ("auto", "tracks"):
+        tracks = regex_keys(by_class, pattern) if pattern else detect_track_keys(by_class)
+    shas = {r.path: r.sha256 for r in ds.records}
+    groups: dict[str, str] = {}
+    cross = 0
+    for paths in by_class.values():
+        g, n = class_groups(paths, shas, descs, tracks)
+        groups.update(g)
+        cross += n
+    for r in ds.records:
+        r.group = groups[r.path]  # the group's first path: unique across classes
+    parts = []
+    if tracks is not None and tracks.rule:
+        parts.append(f"tracks:{tracks.rule}")
+    if descs is not None:
+        parts.append("verified-transforms")
+    ds.group_source = "+".join(parts) or "identical-bytes"
+    note = tracks.note if tracks is not None else "file-name keys off"
+    if cross:
+        note += f"; {cross} image(s) verified as transforms of another track's image (reported, not merged)"
+    labels = {r.path: r.label for r in ds.records}
+    expected = single_track_groups(groups, tracks)
+    ds.group_report = group_report(groups, labels, ds.group_source, note, cross, expected)

@@ -35,6 +35,7 @@ class PredictOptions(Options):
     workers: int | None = Field(None, ge=1, json_schema_extra=_flag("--workers"))
     verify: bool = True
     fast_preprocess: bool = Field(False, json_schema_extra=_flag("--fast-preprocess"))
+    unknown_below: float | None = Field(None, ge=0.0, le=1.0, json_schema_extra=_flag("--unknown-below"))
 
 
 class ParityOptions(Options):

@@ -116,12 +116,17 @@ def _pipelined(
         yield chunk, prepared
 
 
+UNKNOWN = "unknown"
+
+
 class Predictor:
     """Classify images with a bundle: `Predictor(bundle_dir).predict(["a.jpg", ...])`.
 
     The engine is opened with `edgeft.engines.select.open_bundle` (sha256-verified; `auto` picks the fastest
     artifact whose gate passed). `Predictor.from_engine` wraps an engine opened elsewhere (bench, tests).
-    Probabilities are softmax(logits / T) with the temperature calibrated at training (bundle.json).
+    Probabilities are softmax(logits / T) with the temperature calibrated at training (bundle.json); a top-1
+    probability below the unknown-species threshold (bundle.json, or `unknown_below`; 0 turns it off) is
+    answered as label `unknown`, with the top-k still listed.
     """
 
     def __init__(
@@ -135,12 +140,13 @@ class Predictor:
         workers: int | None = None,
         verify: bool = True,
         fast_preprocess: bool = False,
+        unknown_below: float | None = None,
         **engine_options: Any,
     ) -> None:
         _check_sizes(batch_size, topk, workers)
         bundle = BundleManifest.load(bundle_dir)
         engine = open_bundle(bundle_dir, backend, precision, batch_size=batch_size, verify=verify, **engine_options)
-        self._setup(engine, bundle, Path(bundle_dir), batch_size, topk, workers)
+        self._setup(engine, bundle, Path(bundle_dir), batch_size, topk, workers, unknown_below)
         self.fast_preprocess = fast_preprocess
 
     @classmethod
@@ -155,6 +161,7 @@ class Predictor:
             workers=options.workers,
             verify=options.verify,
             fast_preprocess=options.fast_preprocess,
+            unknown_below=options.unknown_below,
             **engine_options,
         )
 
@@ -168,13 +175,14 @@ class Predictor:
         topk: int = 5,
         workers: int | None = None,
         fast_preprocess: bool = False,
+        unknown_below: float | None = None,
     ) -> Predictor:
         """Wrap a loaded engine (or anything with .infer); closing the Predictor closes it."""
         _check_sizes(batch_size, topk, workers)
         bundle_dir = None if isinstance(bundle, BundleManifest) else Path(bundle)
         manifest = bundle if isinstance(bundle, BundleManifest) else BundleManifest.load(bundle)
         self = cls.__new__(cls)
-        self._setup(engine, manifest, bundle_dir, batch_size, topk, workers)
+        self._setup(engine, manifest, bundle_dir, batch_size, topk, workers, unknown_below)
         self.fast_preprocess = fast_preprocess
         return self
 
@@ -186,6 +194,7 @@ class Predictor:
         batch_size: int,
         topk: int,
         workers: int | None,
+        unknown_below: float | None = None,
     ) -> None:
         self.engine = engine
         self.bundle = bundle
@@ -193,6 +202,7 @@ class Predictor:
         self.classes: list[str] = list(bundle.classes)
         self.spec: PreprocessSpec = bundle.preprocess
         self.temperature = bundle.calibration.temperature
+        self.unknown_threshold = bundle.calibration.unknown_threshold if unknown_below is None else unknown_below
         self.batch_size = int(batch_size)
         self.topk = min(int(topk), len(self.classes))
         self.bundle_sha256 = sha256_file(bundle_dir / "bundle.json") if bundle_dir is not None else None
@@ -251,11 +261,13 @@ class Predictor:
         for source, row, p, idx in zip(sources, logits, probs, order, strict=True):
             top = [Label(label=self.classes[i], prob=float(p[i])) for i in idx]
             best = int(idx[0])
+            unknown = bool(self.unknown_threshold) and top[0].prob < self.unknown_threshold
             out.append(
                 Prediction(
                     source=source,
-                    label=top[0].label,
-                    index=best,
+                    label=UNKNOWN if unknown else top[0].label,
+                    index=None if unknown else best,
+                    unknown=unknown,
                     prob=top[0].prob,
                     topk=top,
                     logits=row.tolist() if with_logits else None,

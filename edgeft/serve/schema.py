@@ -25,8 +25,11 @@ class Prediction(Schema):
     """One input's result. When the input could not be decoded, `error`/`reason` are set and label is null."""
 
     source: str = Field(description="file path, upload name, or '<kind #position>' for in-memory inputs")
-    label: str | None = Field(None, description="top-1 class")
-    index: int | None = Field(None, description="top-1 class index in bundle.json's class list")
+    label: str | None = Field(None, description="top-1 class, or 'unknown' when its probability is below the threshold")
+    index: int | None = Field(None, description="top-1 class index in bundle.json's class list (null when unknown)")
+    unknown: bool = Field(
+        False, description="top-1 probability below the unknown-species threshold; top-k still listed"
+    )
     prob: float | None = Field(None, description="top-1 probability (softmax of logits / calibrated temperature)")
     topk: list[Label] = Field(default_factory=list, description="the k most probable classes, best first")
     error: str | None = Field(None, description="why the input could not be classified")

@@ -24,6 +24,7 @@ from edgeft.core.hashing import stable_hash
 from edgeft.core.preprocess import PreprocessSpec, preprocess_many
 
 FEATURE_VERSION = 1
+VIEWS = ("base", "hflip")  # cached views: the image as given, and mirrored left-right after preprocessing
 TORCH_MATCH_ATOL = 1e-3  # features feed a head trained on them; 1e-3 is far below what moves a prediction
 
 
@@ -88,20 +89,30 @@ class FeatureExtractor:
     def _torch(self, batch: np.ndarray) -> np.ndarray:
         return self.module.to(self.device)(torch.from_numpy(batch).to(self.device)).float().cpu().numpy()
 
-    def _entry(self, sha: str) -> Path:
-        return self.dir / sha[:2] / f"{sha}.npy"
+    def _entry(self, key: str) -> Path:
+        return self.dir / key[:2] / f"{key}.npy"
 
-    def _prepare(self, paths: Sequence[Path]) -> np.ndarray:
+    def _prepare(self, paths: Sequence[Path], view: str = "base") -> np.ndarray:
         x, ok, failed = preprocess_many(paths, self.spec, workers=1)
         if failed:
             i, err = failed[0]
             raise EdgeftError(f"cannot read an image that was valid at scan time ({err.message})", path=paths[i])
-        return x
+        return np.ascontiguousarray(x[..., ::-1]) if view == "hflip" else x
 
     def extract(
-        self, paths: Sequence[Path], shas: Sequence[str], progress: Callable[[int, int], None] | None = None
+        self,
+        paths: Sequence[Path],
+        shas: Sequence[str],
+        progress: Callable[[int, int], None] | None = None,
+        view: str = "base",
     ) -> np.ndarray:
-        """(N, D) float32 features, computing only the images missing from the cache."""
+        """(N, D) float32 features of one view, computing only the images missing from the cache.
+
+        Entries are keyed by content sha256 and, for a view other than the image itself, the view's name.
+        """
+        if view not in VIEWS:
+            raise EdgeftError(f"unknown feature view {view!r}", fix=f"use one of {VIEWS}")
+        shas = [s if view == "base" else f"{s}-{view}" for s in shas]
         feats: dict[str, np.ndarray] = {}
         first: dict[str, int] = {}  # uncached content hash -> first index (duplicates embedded once)
         for i, sha in enumerate(shas):
@@ -121,7 +132,7 @@ class FeatureExtractor:
         with ThreadPoolExecutor(max_workers=workers) as pool:
 
             def submit(b: list[int]):
-                return b, pool.submit(self._prepare, [paths[i] for i in b])
+                return b, pool.submit(self._prepare, [paths[i] for i in b], view)
 
             ahead = deque(submit(batches.popleft()) for _ in range(min(workers, len(batches))))  # bounded prefetch
             while ahead:

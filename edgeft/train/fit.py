@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 
 from edgeft.core.errors import EdgeftError
 from edgeft.core.preprocess import PreprocessSpec, load_image, preprocess
@@ -46,6 +46,7 @@ class FitConfig:
     label_smoothing: float = 0.05
     device: str = "cpu"
     seed: int = 0
+    select_best: bool = True  # False: keep the last epoch's weights (a refit for a fixed epoch count)
 
 
 @dataclass
@@ -124,7 +125,7 @@ def fit(
     cfg: FitConfig,
     on_epoch: Callable[[dict], None] | None = None,
 ) -> History:
-    """Train `params` of `model`; keep the weights of the epoch with the lowest val loss."""
+    """Train `params` of `model`; keep the weights of the epoch with the lowest val loss (or the last)."""
     device = cfg.device
     model.to(device)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -142,6 +143,9 @@ def fit(
         history.epochs.append(row)
         if on_epoch:
             on_epoch(row)
+        if not cfg.select_best:
+            history.best_epoch = epoch
+            continue
         if va_loss < best_loss - 1e-4:
             best_loss, bad, history.best_epoch = va_loss, 0, epoch
             best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
@@ -154,19 +158,6 @@ def fit(
         model.load_state_dict(best_state)
     model.eval()
     return history
-
-
-def feature_loaders(
-    feats: dict[str, np.ndarray], labels: dict[str, np.ndarray], batch_size: int, seed: int
-) -> tuple[DataLoader, DataLoader]:
-    """Loaders over cached features: the whole head epoch is a few matrix multiplies."""
-    gen = torch.Generator().manual_seed(seed)
-    tr = TensorDataset(torch.from_numpy(feats["train"]), torch.from_numpy(labels["train"]))
-    va = TensorDataset(torch.from_numpy(feats["val"]), torch.from_numpy(labels["val"]))
-    return (
-        DataLoader(tr, batch_size=batch_size, shuffle=True, generator=gen),
-        DataLoader(va, batch_size=512),
-    )
 
 
 def image_loaders(

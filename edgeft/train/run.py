@@ -7,6 +7,7 @@ existing one. An existing run name is refused unless `overwrite` is set.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 from dataclasses import asdict, dataclass, field
@@ -19,7 +20,7 @@ from torch.utils.data import DataLoader
 import edgeft
 from edgeft.core.errors import EdgeftError
 from edgeft.core.files import cache_root, staged_dir, write_json_atomic
-from edgeft.core.manifests import BackboneInfo, HeadConfig, ModelManifest, SplitsDoc, WeightsInfo
+from edgeft.core.manifests import BackboneInfo, Calibrated, HeadConfig, ModelManifest, SplitsDoc, WeightsInfo
 from edgeft.core.numeric import softmax
 from edgeft.core.progress import Reporter, or_silent
 from edgeft.core.reports import MetricsDoc
@@ -28,22 +29,23 @@ from edgeft.data.splits import SplitFractions, assign_splits, splits_doc
 from edgeft.data.synth import DEFAULT_PER_CLASS
 from edgeft.models.backbones import DEFAULT_BACKBONE, Backbone, create_backbone, weights_digest
 from edgeft.models.classifier import Classifier, MLPHead, load_run, save_weights
+from edgeft.train.calibrate import calibrate, plot_reliability
 from edgeft.train.features import FeatureExtractor
 from edgeft.train.fit import (
     FitConfig,
     ImageSet,
     evaluate,
-    feature_loaders,
     fit,
     image_loaders,
     resolve_device,
     seed_everything,
     unfreeze_top_blocks,
 )
+from edgeft.train.head import HeadChoice, head_candidates, select_and_refit
 from edgeft.train.metrics import classification_metrics, plot_confusion, plot_curves, plot_prediction_grid
 
 SYNTH_PER_CLASS = DEFAULT_PER_CLASS
-ROLES = ("train", "val", "test")
+ROLES = ("train", "val", "calib", "test")
 
 
 @dataclass
@@ -72,13 +74,20 @@ class TrainConfig:
     device: str = "auto"
     fractions: SplitFractions = field(default_factory=SplitFractions)
     group_regex: str | None = None
+    grouping: str = "auto"
+    head: str = "auto"
+    weight_decay: float = 1e-4
+    refit: bool = True
+    false_reject_rate: float = 0.05
+    crop: str = "auto"
+    augment: str = "none"
     synth_per_class: int = SYNTH_PER_CLASS
     workers: int = 2
 
     def record(self) -> dict:
-        """JSON-ready hyper-parameters for model.json."""
+        """JSON-ready hyper-parameters for model.json and args.json."""
         d = asdict(self)
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
+        return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
 
 
 @dataclass
@@ -165,26 +174,61 @@ def _scan_and_split(cfg: TrainConfig, rep: Reporter) -> tuple[Dataset, SplitsDoc
         root = synthetic_fish(cfg.seed, cfg.synth_per_class, rep)
     else:
         root = Path(cfg.data)
-    rep.task("scan (validate + hash)", None)
-    ds = load_dataset(root, species=cfg.species, group_regex=cfg.group_regex, workers=cfg.workers, progress=rep.update)
+    rep.task("scan (validate + hash + group)", None)
+    ds = load_dataset(
+        root,
+        species=cfg.species,
+        group_regex=cfg.group_regex,
+        workers=cfg.workers,
+        progress=rep.update,
+        grouping=cfg.grouping,
+    )
     if len(ds.classes) < 2:
         raise EdgeftError(
-            f"found {len(ds.classes)} class ({', '.join(ds.classes)}); a classifier needs at least 2",
+            f"only one class ({ds.classes[0]!r}) found: a classifier needs at least 2 classes",
             path=ds.root,
-            fix="add a folder of images for each further class (one folder per class)",
+            fix="add a folder per class under the dataset root, or drop --species to use every class",
         )
-    doc = splits_doc(ds, assign_splits(ds, cfg.seed, cfg.fractions), cfg.seed)
-    for split in ROLES:
+    doc = splits_doc(ds, assign_splits(ds, cfg.seed, cfg.fractions), cfg.seed, cfg.fractions)
+    for split in ("train", "test"):
         empty = [c for c, n in doc.counts[split].items() if n == 0]
         if empty:
             raise EdgeftError(
-                f"split {split!r} has no images of {empty} (too few images or near-duplicate groups)",
+                f"split {split!r} has no images of {empty} (too few images or groups)",
                 path=ds.root,
                 fix="add more images per class, or lower the split fractions",
             )
+    _note_data(ds, doc, rep)
+    return ds, doc, synthetic
+
+
+def _note_data(ds: Dataset, doc: SplitsDoc, rep: Reporter) -> None:
+    """What the run output says about the data: groups, track keys, warnings, kept-out and bad files."""
+    g = ds.group_report
+    rep.note(f"groups: {g.get('groups')} ({g.get('source')}); {g.get('note')}")
+    for w in g.get("warnings", [])[:5] + doc.report["split"]["warnings"][:5]:
+        rep.note(f"warning: {w}")
+    for c in ds.conflicts[:5]:
+        rep.note(f"same image under two classes, kept out of every split: {' and '.join(c['paths'])}")
     if ds.skipped:
         rep.note(f"skipped {len(ds.skipped)} bad file(s); they are listed in skipped.json")
-    return ds, doc, synthetic
+
+
+WIDE = 1.5  # median long/short side ratio above which `--crop auto` keeps the whole image (squash)
+
+
+def _with_crop(bb: Backbone, cfg: TrainConfig, ds: Dataset, rep: Reporter) -> Backbone:
+    """The crop rule of the preprocessing: the backbone's own, or squash for wide images (video crops of a
+    whole fish lose head and tail to a centre square). Recorded in model.json like every other setting."""
+    crop = cfg.crop
+    if crop == "auto":
+        ratio = float(np.median([max(r.width, r.height) / max(1, min(r.width, r.height)) for r in ds.records]))
+        crop = "squash" if ratio >= WIDE and cfg.init is None else bb.preprocess.crop
+        if crop != bb.preprocess.crop:
+            rep.note(f"images are wide (median side ratio {ratio:.2f}): preprocessing squashes instead of cropping")
+    if crop == bb.preprocess.crop:
+        return bb
+    return dataclasses.replace(bb, preprocess=bb.preprocess.model_copy(update={"crop": crop}))
 
 
 def _epoch_reporter(rep: Reporter):
@@ -194,24 +238,34 @@ def _epoch_reporter(rep: Reporter):
     return on_epoch
 
 
-def _head_phase(cfg, bb, head, data, fit_cfg, rep) -> tuple[dict, dict]:
-    """Phase 1: cached features of the frozen backbone, then the head fitted on them."""
+def _head_phase(cfg, bb, n_classes, data, fit_cfg, rep) -> tuple[MLPHead, HeadChoice, dict, dict]:
+    """Phase 1: cached features of the frozen backbone; head candidates chosen on val, refit on train+val."""
     fx = FeatureExtractor(bb.module, bb.preprocess, weights_digest(bb.module), bb.arch, device=fit_cfg.device)
     feats = {}
     for s in ROLES:
         rep.task(f"features {s} ({fx.engine_name})", len(data[s].paths))
         feats[s] = fx.extract(data[s].paths, data[s].shas, progress=rep.update)
-    tl, vl = feature_loaders(feats, {s: data[s].labels for s in ROLES}, cfg.batch_size, cfg.seed)
-    rep.task("head", cfg.epochs)
-    hist = fit(head, tl, vl, list(head.parameters()), fit_cfg, on_epoch=_epoch_reporter(rep))
+    extra = {}
+    if cfg.augment == "hflip":  # mirrored copies of the images the head learns from (never calib or test)
+        for s in ("train", "val"):
+            rep.task(f"features {s} mirrored ({fx.engine_name})", len(data[s].paths))
+            extra[s] = fx.extract(data[s].paths, data[s].shas, progress=rep.update, view="hflip")
+    choices = head_candidates(cfg.head, tuple(cfg.hidden), cfg.dropout, cfg.weight_decay)
+    rep.task(f"head ({', '.join(c.kind for c in choices)} on val{', refit' if cfg.refit else ''})", None)
+    head, choice, record = select_and_refit(
+        choices, feats, {s: data[s].labels for s in ROLES}, n_classes, fit_cfg, cfg.refit, _epoch_reporter(rep), extra
+    )
+    chosen = next(c for c in record["candidates"] if c["kind"] == choice.kind)
     phase = {
-        "history": hist.epochs,
-        "best_epoch": hist.best_epoch,
-        "stopped_early": hist.stopped_early,
+        "history": chosen["history"] + (record["refit"]["history"] if record["refit"] else []),
+        "best_epoch": chosen["best_epoch"],
+        "stopped_early": chosen["stopped_early"],
         "feature_engine": fx.engine_name,
         "feature_cache_key": fx.key,
+        "selection": {k: v for k, v in record.items() if k != "candidates"}
+        | {"candidates": [{k: v for k, v in c.items() if k != "history"} for c in record["candidates"]]},
     }
-    return phase, feats
+    return head, choice, phase, feats
 
 
 def _image_phase(cfg, model, params, data, fit_cfg, rep, name: str) -> dict:
@@ -234,18 +288,23 @@ def _logits(model: Classifier, data: Split, feats: np.ndarray | None) -> np.ndar
 
 
 def _fit_model(cfg: TrainConfig, bb: Backbone, n_classes: int, data: dict[str, Split], device: str, rep: Reporter):
-    head = MLPHead(bb.feature_dim, n_classes, hidden=tuple(cfg.hidden), dropout=cfg.dropout)
-    model = Classifier(bb.module, head)
-    model.spec = bb.preprocess
-    for p in model.backbone.parameters():
-        p.requires_grad_(not bb.pretrained)
-    fit_cfg = FitConfig(cfg.epochs, cfg.lr, 1e-4, cfg.batch_size, cfg.patience, device=device, seed=cfg.seed)
+    fit_cfg = FitConfig(
+        cfg.epochs, cfg.lr, cfg.weight_decay, cfg.batch_size, cfg.patience, device=device, seed=cfg.seed
+    )
     phases: dict[str, dict] = {}
     feats = None
     if bb.pretrained:
-        phases["head"], feats = _head_phase(cfg, bb, head, data, fit_cfg, rep)
+        for p in bb.module.parameters():
+            p.requires_grad_(False)
+        head, choice, phases["head"], feats = _head_phase(cfg, bb, n_classes, data, fit_cfg, rep)
+        model = Classifier(bb.module, head)
     else:
+        choice = HeadChoice("mlp" if cfg.hidden else "linear", tuple(cfg.hidden), cfg.dropout, cfg.weight_decay)
+        model = Classifier(bb.module, choice.build(bb.feature_dim, n_classes))
+        model.spec = bb.preprocess
         phases["scratch"] = _image_phase(cfg, model, list(model.parameters()), data, fit_cfg, rep, "train (scratch)")
+    model.spec = bb.preprocess
+    head = model.head
     if cfg.finetune_epochs > 0 and bb.pretrained:
         if not bb.blocks:
             raise EdgeftError(
@@ -267,22 +326,46 @@ def _fit_model(cfg: TrainConfig, bb: Backbone, n_classes: int, data: dict[str, S
             p.requires_grad_(False)
         feats = None  # the backbone changed: cached features no longer describe it
     model.eval().cpu()
-    return model, phases, feats
+    return model, phases, feats, choice
+
+
+def _roles(doc: SplitsDoc, phases: dict) -> dict[str, int]:
+    """How many images each role used: the split sizes, and what the final head learnt from."""
+    n = {s: len(doc.of(s)) for s in ("train", "val", "calib", "test")}
+    refit = phases.get("head", {}).get("selection", {}).get("refit")
+    n["head_fit"] = refit["images"] if refit else n["train"]
+    n["model_selection"] = n["val"]
+    n["calibration"] = n["calib"]
+    return n
+
+
+def _calibration(model, data, feats, false_reject_rate: float) -> dict:
+    logits = {s: _logits(model, data[s], None if feats is None else feats[s]) for s in ("calib", "test")}
+    return calibrate(logits["calib"], data["calib"].labels, logits["test"], data["test"].labels, false_reject_rate)
 
 
 def _write_run(
-    cfg, run_dir: Path, work: Path, ds: Dataset, doc: SplitsDoc, model, phases, feats, data, bb, init_from, synthetic
+    cfg, run_dir: Path, work: Path, ds: Dataset, doc: SplitsDoc, fitted, feats, data, bb, init_from, synthetic
 ) -> MetricsDoc:
+    model, phases, choice = fitted
     test_logits = _logits(model, data["test"], None if feats is None else feats["test"])
     y_pred = test_logits.argmax(1)
-    y_val = _logits(model, data["val"], None if feats is None else feats["val"]).argmax(1)
+    refit = bool(phases.get("head", {}).get("selection", {}).get("refit"))
+    y_val = None if refit else _logits(model, data["val"], None if feats is None else feats["val"]).argmax(1)
+    cal = _calibration(model, data, feats, cfg.false_reject_rate)
     metrics = MetricsDoc(
         test=classification_metrics(data["test"].labels, y_pred, ds.classes),
-        val=classification_metrics(data["val"].labels, y_val, ds.classes),
+        val=None if y_val is None else classification_metrics(data["val"].labels, y_val, ds.classes),
         phases=phases,
         synthetic_data=synthetic,
-        images_per_role={s: len(doc.of(s)) for s in ("train", "val", "calib", "test")},
+        images_per_role=_roles(doc, phases),
+        calibration={k: v for k, v in cal.items() if not k.startswith("reliability")},
+        head_selection=phases.get("head", {}).get("selection", {"chosen": choice.kind}),
     )
+    plot_reliability(
+        cal["reliability_test_before"], cal["reliability_test"], work / "reliability.png", title="test split"
+    )
+    write_json_atomic(work / "args.json", cfg.record())
     doc.save(work)
     write_json_atomic(work / "skipped.json", {"root": str(ds.root), "skipped": ds.skipped})
     sha = save_weights(model, work)
@@ -307,7 +390,13 @@ def _write_run(
         ),
         classes=list(ds.classes),
         preprocess=bb.preprocess,
-        head=HeadConfig(kind="mlp" if cfg.hidden else "linear", hidden=list(cfg.hidden), dropout=cfg.dropout),
+        head=HeadConfig(kind=choice.kind, hidden=list(choice.hidden), dropout=choice.dropout),
+        calibration=Calibrated(
+            temperature=cal["temperature"],
+            unknown_threshold=cal["unknown_threshold"],
+            false_reject_rate=cal["false_reject_rate"],
+            fitted_on=cal["fitted_on"],
+        ),
         weights=WeightsInfo(file="model.safetensors", sha256=sha),
         seed=cfg.seed,
         finetune={"epochs": cfg.finetune_epochs, "blocks": cfg.finetune_blocks} if "finetune" in phases else {},
@@ -330,9 +419,11 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
     assignment = {it.path: it.split for it in doc.items}
     data = {s: _split(ds, assignment, s) for s in ROLES}
     bb, init_from = _backbone(cfg)
-    model, phases, feats = _fit_model(cfg, bb, len(ds.classes), data, device, rep)
+    bb = _with_crop(bb, cfg, ds, rep)
+    model, phases, feats, choice = _fit_model(cfg, bb, len(ds.classes), data, device, rep)
     with staged_dir(run_dir) as work:
-        metrics = _write_run(cfg, run_dir, work, ds, doc, model, phases, feats, data, bb, init_from, synthetic)
+        fitted = (model, phases, choice)
+        metrics = _write_run(cfg, run_dir, work, ds, doc, fitted, feats, data, bb, init_from, synthetic)
     return TrainResult(run_dir, metrics, synthetic)
 
 

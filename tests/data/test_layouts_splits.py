@@ -172,8 +172,10 @@ def test_group_regex(tmp_path):
         for f in range(3):
             _img(10 * t + f).save(d / f"track{t}_frame{f}.png")
     ds = load_dataset(tmp_path, group_regex=r"track(\d+)_")
-    assert ds.group_source == "regex"
+    assert ds.group_source == "tracks:regex+verified-transforms"
     assert len({r.group for r in ds.records}) == 4
+    with pytest.raises(EdgeftError, match="is not a valid regular expression"):
+        load_dataset(tmp_path, group_regex="track(")
 
 
 @pytest.fixture()
@@ -264,5 +266,5 @@ def test_cli_data_synth_and_inspect(tmp_path):
     pairs_found = {(a, b) for a in found for b in found if a < b and found[a] == found[b]}
     assert pairs_found <= pairs_true  # no two different synthetic specimens merged
     assert len(pairs_found) >= 0.75 * len(pairs_true)  # most flip/rotation copies recovered
-    for png in ("class_distribution.png", "samples.png"):
+    for png in ("class_distribution.png", "samples.png", "largest_groups.png"):
         assert (tmp_path / "rep" / png).stat().st_size > 1000

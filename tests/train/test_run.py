@@ -29,6 +29,8 @@ def test_run_dir_contents(lite0_run):
         "curves.png",
         "confusion_matrix.png",
         "predictions.png",
+        "reliability.png",
+        "args.json",
     } <= files
     m = ModelManifest.load(lite0_run)
     assert m.backbone.id == "efficientnet_lite0" and len(m.classes) == 9
@@ -37,8 +39,20 @@ def test_run_dir_contents(lite0_run):
     metrics = MetricsDoc.load(lite0_run)
     assert np.array(metrics.test.confusion_matrix).sum() == metrics.test.n
     assert metrics.test.accuracy > 0.5  # far above chance (1/9) even on this tiny tree
-    assert sum(metrics.images_per_role.values()) == len(SplitsDoc.load(lite0_run).items)
     splits = SplitsDoc.load(lite0_run)
+    roles = metrics.images_per_role
+    assert sum(roles[s] for s in ("train", "val", "calib", "test")) == len(splits.items)
+    # the data budget: the final head learnt from train + val; calib and test stayed out
+    assert roles["head_fit"] == roles["train"] + roles["val"] == metrics.head_selection["refit"]["images"]
+    assert {c["kind"] for c in metrics.head_selection["candidates"]} == {"linear", "mlp"}
+    assert m.head.kind == metrics.head_selection["chosen"]
+    assert metrics.calibration["fitted_on"] == f"calib ({roles['calib']} images)"
+    assert m.calibration.temperature == metrics.calibration["temperature"]
+    assert splits.report["grouping"]["source"] == "verified-transforms"  # 00001.png: no track keys
+    assert splits.report["grouping"]["note"] == "no track or sequence keys in the file names"
+    assert set(splits.report["split"]["classes"]) == set(m.classes) and splits.report["kept_out"] == []
+    args = json.loads((lite0_run / "args.json").read_text())
+    assert args == m.hyperparameters and args["lr"] == 3e-3 and args["fractions"]["val"] == 0.15
     test = {it.path for it in splits.of("test")}
     calib = {it.path for it in splits.of("calib")}
     assert test and calib and not test & calib

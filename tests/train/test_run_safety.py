@@ -1,0 +1,69 @@
+"""An existing run survives a refused, a killed and a failed re-train byte for byte."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import edgeft
+from edgeft.core.hashing import sha256_file
+from edgeft.core.manifests import ModelManifest
+
+pytestmark = pytest.mark.slow
+
+
+def _snapshot(run: Path) -> dict[str, str]:
+    return {p.relative_to(run).as_posix(): sha256_file(p) for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def _args(data: Path, out: Path) -> list[str]:
+    return ["train", "folder", "--data", str(data), "--backbone", "tinynet", "--out", str(out), "--name", "tiny"]
+
+
+def test_killed_retrain_leaves_the_previous_run_byte_identical(tiny_run, colour_tree, copy_dir, tmp_path):
+    out = tmp_path / "runs"
+    run = out / "folder" / "tiny"
+    run.parent.mkdir(parents=True)
+    run = copy_dir(tiny_run, "runs/folder/tiny")
+    before = _snapshot(run)
+    env = {**os.environ, "PYTHONPATH": str(Path(edgeft.__file__).parents[1])}
+    cmd = [sys.executable, "-m", "edgeft.cli", *_args(colour_tree, out), "--overwrite", "--epochs", "400"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    deadline = time.monotonic() + 120
+    for line in proc.stderr:  # the scan is done and training has begun: kill it mid-way
+        if "groups:" in line or time.monotonic() > deadline:
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert _snapshot(run) == before
+    assert ModelManifest.load(run).name == "tiny"
+
+
+def test_failed_retrain_while_writing_leaves_no_partial_and_the_old_run(
+    tiny_run, colour_tree, copy_dir, tmp_path, monkeypatch
+):
+    from edgeft.train import run as run_mod
+
+    out = tmp_path / "runs"
+    (out / "folder").mkdir(parents=True)
+    run = copy_dir(tiny_run, "runs/folder/tiny")
+    before = _snapshot(run)
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt  # Ctrl-C halfway through writing the new run dir
+
+    monkeypatch.setattr(run_mod, "plot_confusion", interrupted)
+    cfg = run_mod.TrainConfig(
+        task="folder", data=colour_tree, backbone="tinynet", epochs=2, out=out, name="tiny", overwrite=True
+    )
+    with pytest.raises(KeyboardInterrupt):
+        run_mod.train(cfg)
+    assert _snapshot(run) == before
+    assert sorted(p.name for p in run.parent.iterdir()) == ["tiny"]  # the staged sibling was removed
