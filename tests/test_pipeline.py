@@ -26,7 +26,9 @@ def test_predictor_matches_pytorch_on_the_test_split(tiny_run, tiny_bundle):
             preds = pred.predict(kept.paths)
         assert [p.index for p in preds] == ref.argmax(1).tolist(), backend
         assert np.abs(np.stack([p.logits for p in preds]) - ref).max() <= 1e-4, backend
-        assert all(p.label == manifest.classes[p.index] and p.error is None for p in preds)
+        thr = manifest.calibration.unknown_threshold
+        assert all(p.error is None and p.unknown == (p.prob < thr) for p in preds)
+        assert all(p.label == ("unknown" if p.unknown else manifest.classes[p.index]) for p in preds)
     assert (ref.argmax(1) == kept.label_indices(manifest.classes)).mean() > 0.9  # the run learnt its task
 
 

@@ -266,7 +266,7 @@ class Predictor:
                 Prediction(
                     source=source,
                     label=UNKNOWN if unknown else top[0].label,
-                    index=None if unknown else best,
+                    index=best,
                     unknown=unknown,
                     prob=top[0].prob,
                     topk=top,

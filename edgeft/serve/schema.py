@@ -26,7 +26,7 @@ class Prediction(Schema):
 
     source: str = Field(description="file path, upload name, or '<kind #position>' for in-memory inputs")
     label: str | None = Field(None, description="top-1 class, or 'unknown' when its probability is below the threshold")
-    index: int | None = Field(None, description="top-1 class index in bundle.json's class list (null when unknown)")
+    index: int | None = Field(None, description="top-1 class index in bundle.json's class list (also when unknown)")
     unknown: bool = Field(
         False, description="top-1 probability below the unknown-species threshold; top-k still listed"
     )

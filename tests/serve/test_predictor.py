@@ -22,7 +22,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def predictor(tiny_bundle):
-    with Predictor(tiny_bundle, backend="onnxruntime", batch_size=3, topk=3) as p:
+    # unknown_below=0: these tests are about inputs, batching and top-k (test_unknown.py covers the threshold)
+    with Predictor(tiny_bundle, backend="onnxruntime", batch_size=3, topk=3, unknown_below=0.0) as p:
         yield p
 
 
@@ -127,7 +128,10 @@ def test_probabilities_use_the_calibrated_temperature(tiny_bundle, copy_dir, tes
     bundle.calibration.temperature = 2.0
     bundle.save(bdir)
     path = test_images[0][0]
-    with Predictor(bdir, "onnxruntime") as warm, Predictor(tiny_bundle, "onnxruntime") as plain:
+    with (
+        Predictor(bdir, "onnxruntime", unknown_below=0.0) as warm,
+        Predictor(tiny_bundle, "onnxruntime", unknown_below=0.0) as plain,
+    ):
         a, b = warm.predict(path)[0], plain.predict(path)[0]
     assert a.label == b.label and a.logits == b.logits
     assert a.prob == pytest.approx(float(softmax(np.array(a.logits), 2.0).max()))
@@ -153,7 +157,7 @@ def test_batcher_runs_prepared_tensors_through_the_engine(predictor, tiny_bundle
 def test_prediction_json_is_the_schema_with_logits_only_on_request(predictor, test_images):
     pred = predictor.predict(test_images[0][0])[0]
     line = json.loads(pred.to_json())
-    assert set(line) == {"source", "label", "index", "prob", "topk", "error", "reason"}
+    assert set(line) == {"source", "label", "index", "unknown", "prob", "topk", "error", "reason"}
     assert line["topk"][0] == {"label": pred.label, "prob": pred.prob}
     assert Prediction.model_validate_json(pred.to_json(with_logits=True)) == pred
 

@@ -43,7 +43,7 @@ def test_low_confidence_is_answered_unknown_with_topk_kept(tiny_bundle):
     with _predictor(bundle) as p:
         a, b = p.predictions(["sure", "unsure"], np.stack([sure, unsure]))
     assert (a.label, a.index, a.unknown) == (bundle.classes[1], 1, False)
-    assert (b.label, b.index, b.unknown) == ("unknown", None, True)
+    assert (b.label, b.index, b.unknown) == ("unknown", 2, True)
     assert b.prob < 0.6 and [t.label for t in b.topk][0] == bundle.classes[2] and len(b.topk) == 2
     with _predictor(bundle, unknown_below=0.0) as p:  # overridden: off
         assert p.predictions(["unsure"], unsure[None])[0].label == bundle.classes[2]
