@@ -141,7 +141,8 @@ class _Closed:
 
 
 TRAIN = ["train", "folder", "--backbone", "tinynet", "--epochs", "1", "--out", "{tmp}/runs"]
-PREDICT = ["predict", "{bundle}", "--backend", "onnxruntime"]
+# --unknown-below 0: these cases are about decoding; tests/serve/test_unknown.py covers the threshold
+PREDICT = ["predict", "{bundle}", "--backend", "onnxruntime", "--unknown-below", "0"]
 SERVE = ["serve", "{bundle}", "--backend", "onnxruntime", "--status-every", "0"]
 
 CASES: dict[str, Case] = {
