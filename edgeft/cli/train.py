@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -172,41 +174,21 @@ def train_fish(
     run_training("fish", **locals())
 
 
-@train_app.command("folder")
-def train_folder(
-    data: Path = typer.Option(..., "--data", help="Class-per-folder or train/val/test tree."),
-    species: str = OPTIONS["species"],
-    init: Path = OPTIONS["init"],
-    backbone: str = OPTIONS["backbone"],
-    backbone_weights: Path = OPTIONS["backbone_weights"],
-    epochs: int = OPTIONS["epochs"],
-    finetune_epochs: int = OPTIONS["finetune_epochs"],
-    finetune_blocks: int = OPTIONS["finetune_blocks"],
-    lr: float = OPTIONS["lr"],
-    batch_size: int = OPTIONS["batch_size"],
-    hidden: str = OPTIONS["hidden"],
-    dropout: float = OPTIONS["dropout"],
-    patience: int = OPTIONS["patience"],
-    seed: int = OPTIONS["seed"],
-    out: Path = OPTIONS["out"],
-    name: str = OPTIONS["name"],
-    overwrite: bool = OPTIONS["overwrite"],
-    device: str = OPTIONS["device"],
-    val_frac: float = OPTIONS["val_frac"],
-    calib_frac: float = OPTIONS["calib_frac"],
-    test_frac: float = OPTIONS["test_frac"],
-    group_regex: str = OPTIONS["group_regex"],
-    synth_per_class: int = OPTIONS["synth_per_class"],
-    grouping: str = OPTIONS["grouping"],
-    head: str = OPTIONS["head"],
-    weight_decay: float = OPTIONS["weight_decay"],
-    refit: bool = OPTIONS["refit"],
-    false_reject_rate: float = OPTIONS["false_reject_rate"],
-    crop: str = OPTIONS["crop"],
-    augment: str = OPTIONS["augment"],
-) -> None:
+def train_folder(**options: Any) -> None:
     """Train on any class-per-folder (or pre-split) image tree."""
-    run_training("folder", **locals())
+    run_training("folder", **options)
+
+
+# `train folder` takes exactly `train fish`'s options, except that --data is required
+_FISH = inspect.signature(train_fish)
+_FOLDER_DATA = _FISH.parameters["data"].replace(
+    default=typer.Option(..., "--data", help="Class-per-folder or train/val/test tree.")
+)
+train_folder.__signature__ = _FISH.replace(  # type: ignore[attr-defined]
+    parameters=[_FOLDER_DATA, *(p for n, p in _FISH.parameters.items() if n != "data")]
+)
+train_folder.__annotations__ = dict(train_fish.__annotations__)
+train_app.command("folder")(train_folder)
 
 
 def eval_cmd(

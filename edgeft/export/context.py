@@ -142,8 +142,14 @@ class ExportContext:
         return self.calibration
 
     def val_set(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """The val split (x, label indices) for NNCF accuracy control, loaded once; None when the run has none."""
+        """Held-out (x, label indices) for NNCF accuracy control, loaded once: the val split, or the calib
+        images when the head was refitted on train+val (its own training images would hide any drop)."""
         if self.val is None:
+            if self.manifest.hyperparameters.get("refit"):
+                cal = self.calibration_data()
+                index = {c: i for i, c in enumerate(self.classes)}
+                self.val = (cal.tensors, np.array([index[im.label] for im in cal.doc.images], np.int64))
+                return self.val
             evalset = from_splits(self.splits, "val", self.classes)
             if not len(evalset):
                 return None

@@ -22,11 +22,17 @@ FP32_FILE = "model.onnx"
 
 
 def search_set(ctx: ExportContext) -> tuple[np.ndarray, np.ndarray]:
-    """The INT8 search images (val + calib splits, never test) and the FP32 ONNX's logits on them."""
+    """The INT8 search images and the FP32 ONNX's logits on them: only images the head never learnt from.
+
+    The calib split always qualifies; the val split only when the head was not refitted on train+val (a head
+    is confident on its own training images, so INT8 would look flawless there and flip on test).
+    """
     cal = ctx.calibration_data()
-    val = ctx.val_set()
-    x = (cal.tensors if val is None else np.concatenate([val[0], cal.tensors]))[:MAX_SEARCH_IMAGES]
-    ctx.step(f"INT8 search: FP32 reference on {len(x)} val+calib images")
+    refit = bool(ctx.manifest.hyperparameters.get("refit", False))
+    val = None if refit else ctx.val_set()
+    x = (cal.tensors if val is None else np.concatenate([cal.tensors, val[0]]))[:MAX_SEARCH_IMAGES]
+    what = "calib" if val is None else "calib+val"
+    ctx.step(f"INT8 search: FP32 reference on {len(x)} {what} images")
     s = ctx.spec.input_size
     fp32 = OnnxRuntimeEngine(
         ctx.work / FP32_FILE, precision="fp32", input_shape=(3, s, s), num_outputs=len(ctx.classes)
@@ -85,6 +91,6 @@ def build(ctx: ExportContext) -> None:
             if r.chosen is None:
                 ctx.note(
                     f"{r.artifact}: no INT8 graph reached {r.target:.1%} agreement on the {r.search_images} "
-                    f"val+calib images (best {r.best.agreement:.2%} with {r.best.n_float} float convs); "
+                    f"held-out search images (best {r.best.agreement:.2%} with {r.best.n_float} float convs); "
                     "see tradeoff.png"
                 )

@@ -5,7 +5,6 @@ Every test starts its own server, so no test depends on what another one did.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 
@@ -18,30 +17,13 @@ from edgeft.core.errors import EdgeftError
 from edgeft.core.hashing import sha256_file
 from edgeft.core.manifests import BundleManifest
 from edgeft.engines.select import open_bundle
-from edgeft.serve.config import ServeConfig
-from edgeft.serve.http import create_app
 from edgeft.serve.predictor import Predictor
 from edgeft.serve.schema import ErrorBody, HealthResponse, PredictResponse
-from edgeft.serve.server import BackgroundServer, parse_host_port
+from edgeft.serve.server import parse_host_port
 
 LIMIT_MB = 0.0625  # 64 KiB
 LIMIT = int(LIMIT_MB * 2**20)
 PNG = {"content-type": "image/png"}
-
-
-@pytest.fixture
-def serve():
-    """serve(bundle dir or Predictor, **config groups) -> (server, client, app); stopped when the test ends."""
-    stack = contextlib.ExitStack()
-
-    def start(what, /, **config):
-        app = create_app(what, ServeConfig.build(**config))
-        srv = stack.enter_context(BackgroundServer(app))
-        client = stack.enter_context(httpx.Client(base_url=srv.url, timeout=30.0))
-        return srv, client, app
-
-    with stack:
-        yield start
 
 
 @pytest.fixture(scope="module")

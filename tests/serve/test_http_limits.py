@@ -18,10 +18,7 @@ from servekit import class_frames, png_bytes
 
 from edgeft.core.errors import ImageDecodeError
 from edgeft.core.preprocess import image_size, load_image
-from edgeft.serve.config import ServeConfig
-from edgeft.serve.http import create_app
 from edgeft.serve.predictor import Predictor
-from edgeft.serve.server import BackgroundServer
 from edgeft.serve.sources import glob_files, list_images, open_source
 
 pytestmark = pytest.mark.slow
@@ -53,20 +50,6 @@ def test_the_pixel_budget_is_read_from_the_header_without_decoding(giant):
     assert time.perf_counter() - t0 < 0.5, "refused before decoding 81 Mpx"
     assert info.value.reason == "too_many_pixels" and "9000x9000" in info.value.message
     assert info.value.path == "giant.png"
-
-
-@pytest.fixture
-def serve():
-    stack = contextlib.ExitStack()
-
-    def start(what, /, **config):
-        app = create_app(what, ServeConfig.build(**config))
-        srv = stack.enter_context(BackgroundServer(app))
-        client = stack.enter_context(httpx.Client(base_url=srv.url, timeout=30.0))
-        return srv, client, app
-
-    with stack:
-        yield start
 
 
 def test_huge_images_get_413_naming_the_file_and_the_server_stays_small(serve, tiny_bundle, giant):

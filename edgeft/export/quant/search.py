@@ -1,7 +1,8 @@
 """INT8 search: the fastest Q/DQ INT8 graph whose top-1 answers agree with FP32 on the search images.
 
-The search images are the run's val and calib splits, never test: the gate judges the chosen graph on the
-test split afterwards, on images the search never saw.
+The search images are images the head never learnt from: the calib split, plus val when the head was not
+refitted on train+val; never test. The gate judges the chosen graph on the test split afterwards, on images
+the search never saw. (A head is confident on its own training images: INT8 looks flawless there.)
 
 1. Sensitivity: the all-INT8 graph and the FP32 graph run side by side on a few search images with every
    Conv/Gemm/Add output exposed; a node's damage is the signal-to-quantization-noise ratio (dB) it loses
@@ -277,7 +278,8 @@ def write_tradeoff(results: list[SearchResult], min_agreement: float, out_dir: P
     from edgeft.core.files import write_json_atomic
 
     doc = {
-        "what": "top-1 agreement with the FP32 graph on the val+calib images (never test) against img/s at "
+        "what": "top-1 agreement with the FP32 graph on held-out search images (calib, plus val when the head was not "
+        "refitted on it; never test) against img/s at "
         f"batch {SPEED_BATCH} on the CPU engine that serves it, for each INT8 graph the search tried",
         "gate_min_agreement": min_agreement,
         "search_target": search_target(min_agreement),
@@ -312,7 +314,7 @@ def write_tradeoff(results: list[SearchResult], min_agreement: float, out_dir: P
     ax.axhline(100 * min_agreement, color="red", ls="--", lw=1, label=f"gate {min_agreement:.1%}")
     ax.axhline(100 * search_target(min_agreement), color="orange", ls=":", lw=1, label="search target")
     ax.set_xlabel(f"images/s (batch {SPEED_BATCH}, CPU); squares: the FP32 graph on the same engine")
-    ax.set_ylabel("top-1 agreement with FP32 (%), val+calib")
+    ax.set_ylabel("top-1 agreement with FP32 (%), held-out search images")
     ax.set_title("INT8 search: float convs (labels) vs agreement and speed; star = chosen")
     ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
