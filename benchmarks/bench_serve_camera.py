@@ -3,7 +3,7 @@
     python benchmarks/bench_serve_camera.py BUNDLE [--seconds 10] [--fps 30] [--size 640x480]
 
 Reports p99 end-to-end latency (capture -> JSONL record) against the latency of one frame processed alone
-(colour conversion + preprocess + infer; goal: p99 <= 2x), dropped frames and the maximum queue depth
+(colour conversion + preprocess + infer; goal: p99 <= 1.5x), dropped frames and the maximum queue depth
 (the newest-frame slot holds at most 1, so it must never grow).
 """
 
@@ -24,6 +24,8 @@ from edgeft.serve.outputs import JsonlSink
 from edgeft.serve.predictor import Predictor
 from edgeft.serve.sources import LiveCaptureSource, PacedCapture, ReconnectPolicy
 from edgeft.serve.stream import StreamRunner
+
+GOAL_RATIO = 1.5  # p99 end-to-end latency against one frame processed alone (the camera goal)
 
 
 def make_video(path: Path, n: int, fps: float, size: tuple[int, int], seed: int = 0) -> str:
@@ -155,7 +157,7 @@ def main() -> None:
     )
     print(f"single frame:      {single_ms:.2f} ms (convert+preprocess+infer, median), infer only {infer_ms:.2f} ms")
     print(f"end-to-end:        p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {float(lat.max()) if lat.size else 0:.2f} ms")
-    print(f"p99 / single:      {ratio:.2f}x (goal <= 2x) -> {'OK' if ratio <= 2.0 else 'ABOVE GOAL'}")
+    print(f"p99 / single:      {ratio:.2f}x (goal <= 1.5x) -> {'OK' if ratio <= GOAL_RATIO else 'ABOVE GOAL'}")
     print(
         f"max queue depth:   {report.max_depth} during the loop, {max(depths, default=0)} after each record (bound 1)"
     )
