@@ -33,6 +33,14 @@ class EvalSet:
         index = {c: i for i, c in enumerate(classes)}
         return np.array([index.get(lab, -1) if lab is not None else -1 for lab in self.labels], np.int64)
 
+    def spread(self, n: int) -> EvalSet:
+        """At most n images, evenly spaced through the (path-sorted, so class-grouped) list: every class keeps
+        its share. Deterministic."""
+        if len(self) <= n:
+            return self
+        idx = np.linspace(0, len(self) - 1, n).round().astype(int)
+        return EvalSet([self.paths[i] for i in idx], [self.labels[i] for i in idx], self.origin, list(self.skipped))
+
     def load(self, spec: PreprocessSpec, advance: Callable[[int], None] | None = None) -> tuple[np.ndarray, EvalSet]:
         """(N_ok, 3, S, S) tensors and the EvalSet of the images that decoded; failures go to `skipped`."""
         x, ok, failed = preprocess_many(self.paths, spec, advance=advance)

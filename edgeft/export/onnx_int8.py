@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeft.data.evalsets import from_splits
 from edgeft.engines.onnxruntime import OnnxRuntimeEngine
 from edgeft.export.context import Built, ExportContext
 from edgeft.export.qdq_check import check_qdq_for_tensorrt
@@ -27,10 +28,12 @@ def search_set(ctx: ExportContext) -> tuple[np.ndarray, np.ndarray]:
     The calib split always qualifies; the val split only when the head was not refitted on train+val (a head
     is confident on its own training images, so INT8 would look flawless there and flip on test).
     """
-    cal = ctx.calibration_data()
     refit = bool(ctx.manifest.hyperparameters.get("refit", False))
     val = None if refit else ctx.val_set()
-    x = (cal.tensors if val is None else np.concatenate([cal.tensors, val[0]]))[:MAX_SEARCH_IMAGES]
+    calib = from_splits(ctx.splits, "calib", ctx.classes)  # the whole split, not just the calibration sample
+    ctx.step(f"INT8 search: preprocess {min(len(calib), MAX_SEARCH_IMAGES)} calib images")
+    x_cal = calib.spread(MAX_SEARCH_IMAGES).load(ctx.spec)[0] if len(calib) else ctx.calibration_data().tensors
+    x = (x_cal if val is None else np.concatenate([x_cal, val[0]]))[:MAX_SEARCH_IMAGES]
     what = "calib" if val is None else "calib+val"
     ctx.step(f"INT8 search: FP32 reference on {len(x)} {what} images")
     s = ctx.spec.input_size

@@ -268,3 +268,16 @@ def test_cli_data_synth_and_inspect(tmp_path):
     assert len(pairs_found) >= 0.75 * len(pairs_true)  # most flip/rotation copies recovered
     for png in ("class_distribution.png", "samples.png", "largest_groups.png"):
         assert (tmp_path / "rep" / png).stat().st_size > 1000
+
+
+def test_evalset_spread_keeps_every_class_share_and_is_deterministic():
+    from pathlib import Path
+
+    from edgeft.data.evalsets import EvalSet
+
+    paths = [Path(f"{c}/{i:03d}.png") for c, n in (("a", 300), ("b", 100), ("c", 200)) for i in range(n)]
+    full = EvalSet(paths, [p.parent.name for p in paths], "test")
+    part = full.spread(60)
+    assert len(part) == 60 and part.paths == full.spread(60).paths
+    assert [part.labels.count(c) for c in "abc"] == [30, 10, 20]
+    assert full.spread(1000) is full
