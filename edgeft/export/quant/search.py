@@ -36,7 +36,7 @@ from edgeft.export.quant import ort as ort_quant
 SENSITIVITY_IMAGES = 16
 SPEED_IMAGES = 64
 FASTER_THAN_FP32 = 1.1  # a fallback point must beat the FP32 graph's img/s by this factor
-MAX_SEARCH_IMAGES = 640  # val first, then calib: enough to see a 0.5% flip rate, bounded time per point
+MAX_SEARCH_IMAGES = 640  # calib first, then val: enough to see a 0.5% flip rate, bounded time per point
 SPEED_BATCH = 8
 SQNR_CAP_DB = 80.0  # an exact tensor (the graph input, a float layer) has infinite SQNR
 # The ops whose quantization the search ranks and can undo (the convs, the classifier head, the residual adds).
@@ -246,7 +246,7 @@ def search(
             path = work / f"k{k}.onnx"
             if k:
                 ort_quant.quantize(pre, path, variant, calib, method, ranges_cache, float_nodes=nodes)
-            step(f"INT8 search {variant.artifact}: {k} sensitive conv(s) float")
+            step(f"INT8 search {variant.artifact}: the first {k} conv(s) after the stem float")
             agreement, flips, speed = _evaluate(path, x, ref_pred, ref_logits.shape[1], engine_cls)
             best_so_far = max((p.agreement for p in result.points), default=-1.0)
             result.points.append(Point(len(nodes), nodes, agreement, flips, speed))
