@@ -9,8 +9,8 @@ the search never saw. (A head is confident on its own training images: INT8 look
    relative to the node that feeds it. This ranking is reported (tradeoff.json) for the user.
 2. Float layers: the first k Convs from the input stay float for k = 0, 1, 2, 3, 5, 8, ... until agreement
    on the search images reaches the search target (halfway between the gate's floor and 1: 0.995 for a 0.99
-   gate, so sampling noise on the test split does not undo the choice); it stops early when three points in
-   a row gain nothing. Measured on EfficientNet-Lite0 (EGU fish, U8S8): the SQNR ranking's top 5 in float
+   gate, so sampling noise on the test split does not undo the choice) at a speed still >= 1.1x the FP32
+   graph's; it stops early when three points in a row gain nothing. Measured on EfficientNet-Lite0 (EGU fish, U8S8): the SQNR ranking's top 5 in float
    reach 87.5% agreement, the first 5 convs 94.7%: the error that matters starts at the input, so the
    candidates are input-side prefixes. Every point is timed.
 3. Every point and the FP32 graph go to tradeoff.json and tradeoff.png, the chosen point marked.
@@ -63,6 +63,7 @@ class SearchResult:
     chosen: int | None = None  # index into points
     fp32_images_per_s: float | None = None
     engine: str = "onnxruntime"  # what the points were run and timed on
+    min_speedup: float = FASTER_THAN_FP32  # a point must beat the FP32 graph's img/s by this factor to ship
     ranking: list[tuple[str, float]] = field(default_factory=list)  # (conv, dB lost), most damaging first
 
     @property
@@ -71,7 +72,7 @@ class SearchResult:
         than the FP32 graph (an "INT8" graph that is mostly float only costs), else the all-INT8 one."""
         if self.chosen is not None:
             return self.points[self.chosen]
-        floor = (self.fp32_images_per_s or 0.0) * FASTER_THAN_FP32
+        floor = (self.fp32_images_per_s or 0.0) * self.min_speedup
         faster = [p for p in self.points if p.images_per_s >= floor] or self.points[:1]
         return max(faster, key=lambda p: (p.agreement, -p.n_float))
 
@@ -224,12 +225,14 @@ def search(
     ref_logits: np.ndarray,
     min_agreement: float,
     step: Callable[[str], None] = lambda _: None,
+    min_speedup: float = FASTER_THAN_FP32,
 ) -> tuple[dict, SearchResult]:
-    """Write `out` as the fewest-float-Convs INT8 graph that reaches the search target; returns (info, result)."""
+    """Write `out` as the fewest-float-Convs INT8 graph that reaches the search target while still at least
+    `min_speedup` x the FP32 graph's speed; returns (info, result)."""
     target = search_target(min_agreement)
     x, ref_logits = x[:MAX_SEARCH_IMAGES], ref_logits[:MAX_SEARCH_IMAGES]
     engine_cls = search_engine(variant)
-    result = SearchResult(variant.artifact, target, len(x), engine=engine_cls.name)
+    result = SearchResult(variant.artifact, target, len(x), engine=engine_cls.name, min_speedup=min_speedup)
     ref_pred = ref_logits.argmax(1)
     stem = ort_quant.stem_conv(pre) if ort_quant.FLOAT_STEM else []
     with tempfile.TemporaryDirectory(prefix="edgeft-search-") as tmp:
@@ -251,7 +254,9 @@ def search(
             best_so_far = max((p.agreement for p in result.points), default=-1.0)
             result.points.append(Point(len(nodes), nodes, agreement, flips, speed))
             if agreement >= target:
-                result.chosen = len(result.points) - 1
+                # more float convs only get slower: stop here, and keep it only if INT8 still pays
+                if speed >= min_speedup * (result.fp32_images_per_s or 0.0):
+                    result.chosen = len(result.points) - 1
                 break
             stale = stale + 1 if agreement <= best_so_far else 0
             if stale >= 3:
