@@ -120,26 +120,18 @@ def _run_weights_sha(run_dir: Path | None) -> str:
     return sha256_file(weights) if weights.is_file() else ""
 
 
-def cached_torch_reference(
+def torch_reference_key(
     bundle: BundleManifest, run_dir: Path | None, reference: str, paths: list[Path], spec: PreprocessSpec
-) -> tuple[str, str, np.ndarray | None]:
-    """The torch reference's logits on these images when export (or an earlier parity) already computed them.
-
-    Keyed by the run's weights as they are on disk now, so a changed run never reuses stale logits.
-    """
+) -> str:
+    """The reference-cache key of the torch reference on these images, or "" when torch cannot be the
+    reference here. Keyed by the run's weights as they are on disk now, so a changed run never reuses stale
+    logits."""
     if reference not in ("auto", "torch") or _torch_reference_problem(run_dir) is not None:
-        return "", "", None
+        return ""
     sha = _run_weights_sha(run_dir)
     if not sha or sha != bundle.source.weights_sha256:
-        return "", "", None
-    logits = load_reference(reference_key(sha, spec, paths, "torch-fp32"), len(paths), len(bundle.classes))
-    if logits is None:
-        return "", "", None
-    return (
-        "torch:cpu/torch-fp32",
-        "torch FP32 model of the run (its logits on these images from the cache export or parity filled)",
-        logits,
-    )
+        return ""
+    return reference_key(sha, spec, paths, "torch-fp32")
 
 
 def evaluate_target(
@@ -219,9 +211,11 @@ def run_parity(
     sources = [str(p) for p in kept.paths]
     labels = kept.label_indices(bundle.classes)
 
-    spec_used = run_spec or bundle.preprocess
-    ref_name, ref_note, ref_logits = cached_torch_reference(bundle, run_dir, reference, kept.paths, spec_used)
-    if ref_logits is not None:
+    ref_key = torch_reference_key(bundle, run_dir, reference, kept.paths, run_spec or bundle.preprocess)
+    ref_logits = load_reference(ref_key, len(kept), len(bundle.classes)) if ref_key else None
+    if ref_logits is not None:  # export (or an earlier parity) already ran the torch model on these images
+        ref_name = "torch:cpu/torch-fp32"
+        ref_note = "torch FP32 model of the run (its logits on these images from the cache export or parity filled)"
         rep.task(f"reference {ref_name}", len(kept))
         rep.advance(len(kept))
     else:
@@ -230,8 +224,8 @@ def run_parity(
         rep.task(f"reference {ref_name}", len(kept))
         with ref_engine:
             ref_logits = ref_engine.run(x_ref, batch_size, rep.advance)
-        if ref_engine.spec.startswith("torch"):
-            save_reference(reference_key(_run_weights_sha(run_dir), spec_used, kept.paths, "torch-fp32"), ref_logits)
+        if ref_key and ref_engine.spec.startswith("torch"):
+            save_reference(ref_key, ref_logits)
     results: dict[str, BackendResult] = {}
     others = [t for t in targets if t.key != ref_name]
     for i, t in enumerate(others, 1):

@@ -141,11 +141,17 @@ class ExportContext:
             self.calibration = cal
         return self.calibration
 
+    @property
+    def head_saw_val(self) -> bool:
+        """True when the head was refitted on train+val: val images are then its own training images, on which
+        it is confident, so they cannot show what INT8 costs."""
+        return bool(self.manifest.hyperparameters.get("refit", False))
+
     def val_set(self) -> tuple[np.ndarray, np.ndarray] | None:
         """Held-out (x, label indices) for NNCF accuracy control, loaded once: the val split, or the calib
         images when the head was refitted on train+val (its own training images would hide any drop)."""
         if self.val is None:
-            if self.manifest.hyperparameters.get("refit"):
+            if self.head_saw_val:
                 cal = self.calibration_data()
                 index = {c: i for i, c in enumerate(self.classes)}
                 self.val = (cal.tensors, np.array([index[im.label] for im in cal.doc.images], np.int64))

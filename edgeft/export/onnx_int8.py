@@ -28,8 +28,7 @@ def search_set(ctx: ExportContext) -> tuple[np.ndarray, np.ndarray]:
     The calib split always qualifies; the val split only when the head was not refitted on train+val (a head
     is confident on its own training images, so INT8 would look flawless there and flip on test).
     """
-    refit = bool(ctx.manifest.hyperparameters.get("refit", False))
-    val = None if refit else ctx.val_set()
+    val = None if ctx.head_saw_val else ctx.val_set()
     calib = from_splits(ctx.splits, "calib", ctx.classes)  # the whole split, not just the calibration sample
     ctx.step(f"INT8 search: preprocess {min(len(calib), MAX_SEARCH_IMAGES)} calib images")
     x_cal = calib.spread(MAX_SEARCH_IMAGES).load(ctx.spec)[0] if len(calib) else ctx.calibration_data().tensors
