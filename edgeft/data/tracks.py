@@ -59,11 +59,18 @@ def _fish_frame(paths: Sequence[str]) -> dict[str, str | None]:
     return {p: (m.group("track") if (m := FISH_FRAME.match(_stem(p))) else None) for p in paths}
 
 
+def _ends_in_timestamp(stem: str) -> bool:
+    """`IMG_20230501_123005`: the trailing digits are a time of day, not a frame number (the timestamp rule's)."""
+    m = TIMESTAMP.search(stem)
+    return m is not None and m.end() == len(stem)
+
+
 def _track_frame(paths: Sequence[str]) -> dict[str, str | None]:
     out: dict[str, str | None] = {}
     for p in paths:
-        m = TRACK_FRAME.match(_stem(p))
-        out[p] = m.group("track") if m and not FRAME_ONLY.match(_stem(p)) else None
+        stem = _stem(p)
+        m = TRACK_FRAME.match(stem)
+        out[p] = m.group("track") if m and not FRAME_ONLY.match(stem) and not _ends_in_timestamp(stem) else None
     return out
 
 

@@ -92,6 +92,10 @@ def test_track_keys_from_file_names():
     stamps = {c: [f"{c}/IMG_20230501_1230{s:02d}.jpg" for s in (0, 1, 2, 40, 41)] for c in ("a", "b")}
     tk = detect_track_keys(stamps)
     assert tk.rule == "timestamp" and len({tk.keys[p] for p in stamps["a"]}) == 2
+    # photos of two days: the time of day is not a frame number, so a day is not one track
+    days = {c: [f"{c}/IMG_2023050{d}_1230{s:02d}.jpg" for d in (1, 2) for s in (0, 1, 40)] for c in ("a", "b")}
+    tk = detect_track_keys(days)
+    assert tk.rule == "timestamp" and len({tk.keys[p] for p in days["a"]}) == 4
     # a plain counter or random names carry no track: no rule, no keys
     assert detect_track_keys({c: [f"{c}/img_{i:04d}.png" for i in range(9)] for c in "ab"}).rule is None
     assert detect_track_keys({c: [f"{c}/train_{c}{i}X7Q.jpg" for i in range(9)] for c in "ab"}).rule is None
