@@ -173,7 +173,6 @@ def load_dataset(
                 descs[rel] = desc
             if progress:
                 progress(i + 1, len(cands))
-    _require_images(root, classes, records, skipped)
     records, conflicts = _drop_cross_class_copies(records)
     _require_images(root, classes, records, skipped, conflicts)
     ds = Dataset(root, layout, classes, records, skipped, grouping, conflicts=conflicts)

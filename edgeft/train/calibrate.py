@@ -98,21 +98,23 @@ def calibrate(
     test_p, test_p1 = softmax(test_logits, t), softmax(test_logits, 1.0)
     thr = unknown_threshold(held_p, held_labels, false_reject_rate)
     kept = test_p.max(axis=1) >= (thr or 0.0)
-    out = {
+    has_test = len(test_labels) > 0
+    test_before = reliability(test_p1, test_labels) if has_test else (None, [])
+    test_after = reliability(test_p, test_labels) if has_test else (None, [])
+    return {
         "temperature": t,
         "unknown_threshold": thr,
         "false_reject_rate": false_reject_rate,
         "fitted_on": f"calib ({len(held_labels)} images)",
         "ece_calib_before": reliability(held_p1, held_labels)[0],
         "ece_calib_after": reliability(held_p, held_labels)[0],
-        "ece_test_before": reliability(test_p1, test_labels)[0] if len(test_labels) else None,
-        "ece_test_after": reliability(test_p, test_labels)[0] if len(test_labels) else None,
+        "ece_test_before": test_before[0],
+        "ece_test_after": test_after[0],
         "test_unknown_share": float(1.0 - kept.mean()) if len(kept) else None,
         "test_accuracy_of_kept": float((test_p.argmax(1) == test_labels)[kept].mean()) if kept.any() else None,
+        "reliability_test": test_after[1],
+        "reliability_test_before": test_before[1],
     }
-    out["reliability_test"] = reliability(test_p, test_labels)[1] if len(test_labels) else []
-    out["reliability_test_before"] = reliability(test_p1, test_labels)[1] if len(test_labels) else []
-    return out
 
 
 def plot_reliability(before: list[dict], after: list[dict], path: Path, title: str = "") -> None:

@@ -301,7 +301,7 @@ def _fit_model(cfg: TrainConfig, bb: Backbone, n_classes: int, data: dict[str, S
     else:
         choice = HeadChoice("mlp" if cfg.hidden else "linear", tuple(cfg.hidden), cfg.dropout, cfg.weight_decay)
         model = Classifier(bb.module, choice.build(bb.feature_dim, n_classes))
-        model.spec = bb.preprocess
+        model.spec = bb.preprocess  # the scratch phase trains on images through it
         phases["scratch"] = _image_phase(cfg, model, list(model.parameters()), data, fit_cfg, rep, "train (scratch)")
     model.spec = bb.preprocess
     head = model.head
@@ -339,9 +339,9 @@ def _roles(doc: SplitsDoc, phases: dict) -> dict[str, int]:
     return n
 
 
-def _calibration(model, data, feats, false_reject_rate: float) -> dict:
-    logits = {s: _logits(model, data[s], None if feats is None else feats[s]) for s in ("calib", "test")}
-    return calibrate(logits["calib"], data["calib"].labels, logits["test"], data["test"].labels, false_reject_rate)
+def _calibration(model, data, feats, test_logits: np.ndarray, false_reject_rate: float) -> dict:
+    calib_logits = _logits(model, data["calib"], None if feats is None else feats["calib"])
+    return calibrate(calib_logits, data["calib"].labels, test_logits, data["test"].labels, false_reject_rate)
 
 
 def _write_run(
@@ -352,7 +352,7 @@ def _write_run(
     y_pred = test_logits.argmax(1)
     refit = bool(phases.get("head", {}).get("selection", {}).get("refit"))
     y_val = None if refit else _logits(model, data["val"], None if feats is None else feats["val"]).argmax(1)
-    cal = _calibration(model, data, feats, cfg.false_reject_rate)
+    cal = _calibration(model, data, feats, test_logits, cfg.false_reject_rate)
     metrics = MetricsDoc(
         test=classification_metrics(data["test"].labels, y_pred, ds.classes),
         val=None if y_val is None else classification_metrics(data["val"].labels, y_val, ds.classes),
