@@ -116,7 +116,9 @@ def parity(
         console.labelled("Bundle", f"{report.bundle_dir} (exported from {target})", stderr=True)
     render_parity(report)
     path = Path(out or report.bundle_dir) / "parity.json"
-    flips = path.with_name("parity_flips.png")
+    from edgeft.check.parity import FLIPS_PICTURE
+
+    flips = path.with_name(FLIPS_PICTURE)
     if flips.is_file():
         console.outputs("flipped images", flips)
     if not report.passed:

@@ -325,7 +325,9 @@ def render_bench(report: Any, path: Path) -> None:
     for key, why in report.failed_backends.items():
         console.say(f"failed {key}: {why}", "red")
     console.outputs("bench.json", path)
-    chart = path.with_name("accuracy_latency.png")
+    from edgeft.serve.bench import CHART
+
+    chart = path.with_name(CHART)
     if chart.is_file():
         console.outputs("accuracy-latency chart", chart)
 

@@ -208,8 +208,9 @@ class Predictor:
         self.bundle_sha256 = sha256_file(bundle_dir / "bundle.json") if bundle_dir is not None else None
         self.workers = workers or decode_workers()
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="edgeft-decode")
-        if self.gate_warning():
-            log.warning(self.gate_warning())
+        self._gate_warning = self._find_gate_warning()
+        if self._gate_warning:
+            log.warning(self._gate_warning)
 
     # -- facts -----------------------------------------------------------------------------------
     @property
@@ -229,6 +230,9 @@ class Predictor:
 
     def gate_warning(self) -> str | None:
         """Set when the artifact that runs did not pass the gate (a user named it explicitly)."""
+        return self._gate_warning
+
+    def _find_gate_warning(self) -> str | None:
         artifact = getattr(self.engine, "artifact", None)
         gate = getattr(artifact, "gate", None)
         if gate is None or gate.passed:

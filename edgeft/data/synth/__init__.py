@@ -10,7 +10,7 @@ are recorded as ground-truth groups in synth.json so group-aware splits can be c
 Every fish is drawn analytically in its own body coordinates (u along the body from snout to tail root,
 v across it, both in body lengths), so shapes stay smooth at any size without per-pixel Python loops.
 
-Difficulty is tuned, not accidental: with the defaults (150 images/class, seed 0) a frozen ImageNet
+Difficulty is tuned, not accidental: at 150 images/class, seed 0, a frozen ImageNet
 EfficientNet-Lite0 plus logistic regression scores about 91-92% on a group-aware split (about 95% when
 copies leak across the split); most errors are Red Mullet vs Striped Red Mullet and the silvery fish.
 Changing colours, marks or nuisance rates moves that number: re-measure after edits.
@@ -22,9 +22,8 @@ camera: one photo), generate (flipped/rotated views, seeds, files on disk).
 
 from __future__ import annotations
 
-from edgeft.data.synth.generate import generate_dataset
-from edgeft.data.synth.render import render_specimen
-from edgeft.data.synth.species import FISH_SPECIES, GENERATOR
+import importlib
+from typing import Any
 
 # Images per species of `edgeft train fish`'s synthetic default: the 20% test split then holds 1,008 images,
 # enough for the gate to certify 99% agreement (it needs 381) and to tell 99.5% from 99%, while the whole
@@ -32,3 +31,18 @@ from edgeft.data.synth.species import FISH_SPECIES, GENERATOR
 DEFAULT_PER_CLASS = 560
 
 __all__ = ["DEFAULT_PER_CLASS", "FISH_SPECIES", "GENERATOR", "generate_dataset", "render_specimen"]
+
+# The generator (cv2, numpy, PIL) loads on first use, so `edgeft --help` and the CLI, which only need
+# DEFAULT_PER_CLASS, start without it.
+_LAZY = {
+    "generate_dataset": "edgeft.data.synth.generate",
+    "render_specimen": "edgeft.data.synth.render",
+    "FISH_SPECIES": "edgeft.data.synth.species",
+    "GENERATOR": "edgeft.data.synth.species",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
