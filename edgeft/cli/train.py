@@ -10,6 +10,7 @@ import typer
 
 from edgeft.cli import console
 from edgeft.core.errors import EdgeftError
+from edgeft.core.preprocess import RESAMPLERS
 from edgeft.data.synth import DEFAULT_PER_CLASS
 
 train_app = typer.Typer(help="Fine-tune a frozen-backbone classifier; writes a run dir.", no_args_is_help=True)
@@ -82,6 +83,11 @@ OPTIONS = {
     "crop": typer.Option(
         "auto", "--crop", help="auto (squash wide images, else the backbone's rule) | center | squash."
     ),
+    "resampler": typer.Option(
+        "opencv",
+        "--resampler",
+        help="opencv (bit-exact on every platform, fast) | pil (torchvision's filter, about 10x the cost).",
+    ),
     "augment": typer.Option(
         "none", "--augment", help="Cached views the head also learns from: none | hflip (mirrored train/val)."
     ),
@@ -101,6 +107,8 @@ def run_training(task: str, data: Path | None, **kw) -> None:
         raise EdgeftError(f"--head {kw['head']!r} is not a head kind", fix="use auto, linear or mlp")
     if kw["crop"] not in ("auto", "center", "squash"):
         raise EdgeftError(f"--crop {kw['crop']!r} is not a crop rule", fix="use auto, center or squash")
+    if kw["resampler"] not in RESAMPLERS:
+        raise EdgeftError(f"--resampler {kw['resampler']!r} is not a resampler", fix="use opencv or pil")
     if kw["augment"] not in ("hflip", "none"):
         raise EdgeftError(f"--augment {kw['augment']!r} is not a view set", fix="use hflip or none")
     if not 0.0 <= kw["false_reject_rate"] < 1.0:
@@ -168,6 +176,7 @@ def train_fish(
     refit: bool = OPTIONS["refit"],
     false_reject_rate: float = OPTIONS["false_reject_rate"],
     crop: str = OPTIONS["crop"],
+    resampler: str = OPTIONS["resampler"],
     augment: str = OPTIONS["augment"],
 ) -> None:
     """Train a fish-species classifier (Large-Scale Fish Dataset layout, or the synthetic default)."""

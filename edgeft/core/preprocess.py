@@ -25,6 +25,7 @@ from edgeft.core.hashing import stable_hash
 
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
 CROPS = ("center", "squash")
+RESAMPLERS = ("pil", "opencv")
 
 _PIL_INTERP = {
     "nearest": Image.Resampling.NEAREST,
@@ -40,6 +41,12 @@ class PreprocessSpec(BaseModel):
     crop="center": the shorter side is resized to resize_size, then a centre square of input_size is cut.
     crop="squash": the image is resized straight to input_size x input_size.
     Pixels are scaled to [0, 1], then (x - mean) / std, channel order RGB, layout NCHW, float32.
+
+    resampler="pil" (the default of a spec that does not name one, so runs made before the field existed keep
+    their numerics) resizes the whole image with Pillow's antialiasing filter, exactly as torchvision does.
+    resampler="opencv" cuts the crop from the source first, reduces it by the whole factor with OpenCV's
+    integer box filter, then resizes the rest with OpenCV's bit-exact bilinear filter (INTER_LINEAR_EXACT):
+    the same pixels on every platform, at about a tenth of the cost (see `resize_crop_array`).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -48,6 +55,7 @@ class PreprocessSpec(BaseModel):
     resize_size: int = 256
     crop: str = "center"
     interpolation: str = "bicubic"
+    resampler: str = "pil"
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     channel_order: str = "RGB"
@@ -67,6 +75,13 @@ class PreprocessSpec(BaseModel):
             raise ValueError(f"must be one of {CROPS}")
         return v
 
+    @field_validator("resampler")
+    @classmethod
+    def _resampler(cls, v: str) -> str:
+        if v not in RESAMPLERS:
+            raise ValueError(f"must be one of {RESAMPLERS}")
+        return v
+
     @field_validator("std")
     @classmethod
     def _std(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
@@ -80,10 +95,14 @@ class PreprocessSpec(BaseModel):
             raise ValueError("need input_size >= 8 and resize_size >= input_size")
         if self.channel_order != "RGB" or self.layout != "NCHW":
             raise ValueError("only channel_order RGB and layout NCHW are supported")
+        if self.resampler == "opencv" and self.interpolation not in ("bilinear", "nearest"):
+            raise ValueError('resampler "opencv" supports interpolation "bilinear" or "nearest"')
         return self
 
     def to_dict(self) -> dict:
         d = self.model_dump(mode="json")
+        if self.resampler == "pil":  # the default: left out, so specs (and cache keys) of older runs are unchanged
+            del d["resampler"]
         d["mean"], d["std"] = list(self.mean), list(self.std)
         return d
 
@@ -204,21 +223,26 @@ def resize_crop(img: Image.Image, spec: PreprocessSpec, fast: bool = False) -> I
 
 
 @functools.lru_cache(maxsize=16)
-def _normalize_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
-    """(3, 256) float32: ((v / 255) - mean) / std for every uint8 value v, computed with the same float32
-    operations as the formula, so a lookup is bit-identical to computing it."""
+def _normalize_table(mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[np.ndarray, ...]:
+    """Three (1, 256) float32 tables: ((v / 255) - mean) / std for every uint8 value v, computed with the same
+    float32 operations as the formula, so a lookup is bit-identical to computing it."""
     v = np.arange(256, dtype=np.float32)[None, :] / np.float32(255.0)
     table = (v - np.asarray(mean, np.float32)[:, None]) / np.asarray(std, np.float32)[:, None]
-    table.setflags(write=False)
-    return table
+    rows = tuple(np.ascontiguousarray(table[c][None, :]) for c in range(3))
+    for r in rows:
+        r.setflags(write=False)
+    return rows
 
 
 def normalize(rgb_uint8: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
-    """HWC uint8 RGB -> CHW float32 (x / 255 - mean) / std, through a per-channel lookup table."""
-    table = _normalize_table(tuple(spec.mean), tuple(spec.std))
+    """HWC uint8 RGB -> CHW float32 (x / 255 - mean) / std: one OpenCV table lookup per channel, written
+    straight into its plane of the output (bit-identical to the formula, about half numpy's cost)."""
+    import cv2
+
+    tables = _normalize_table(tuple(spec.mean), tuple(spec.std))
     out = np.empty((3, *rgb_uint8.shape[:2]), np.float32)
-    for c in range(3):
-        np.take(table[c], rgb_uint8[:, :, c], out=out[c])
+    for c, plane in enumerate(cv2.split(np.ascontiguousarray(rgb_uint8))):
+        cv2.LUT(plane, tables[c], dst=out[c])
     return out
 
 
@@ -230,8 +254,78 @@ def frame_image(rgb_uint8: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(rgb_uint8), "RGB")
 
 
-def preprocess(img: Image.Image, spec: PreprocessSpec, fast: bool = False) -> np.ndarray:
-    """RGB PIL image -> (3, S, S) float32 array ready for the model (fast: see `resize_crop`)."""
+def _opencv_box(w: int, h: int, spec: PreprocessSpec) -> tuple[int, int, int, int]:
+    """(left, top, width, height) of the source region that becomes the model input (resampler="opencv").
+
+    center: a centred square whose side is the shorter side x input_size / resize_size (the region the
+    "pil" resampler keeps, rounded to whole pixels); squash: the whole image.
+    """
+    if spec.crop == "squash":
+        return 0, 0, w, h
+    side = min(min(w, h), max(1, int(round(min(w, h) * spec.input_size / spec.resize_size))))
+    return (w - side) // 2, (h - side) // 2, side, side
+
+
+def _whole_factor_reduce(region: np.ndarray, size: int) -> np.ndarray:
+    """Box-filter `region` by the whole factor k = floor(side / size) on each axis (k >= 2 only): an exact
+    integer average of k x k blocks (OpenCV's INTER_AREA at an integer scale). The region is first trimmed
+    symmetrically to a multiple of k (fewer than k pixels per axis)."""
+    import cv2  # loaded on first use: `edgeft --help` does not pay for OpenCV
+
+    h, w = region.shape[:2]
+    kx, ky = max(1, w // size), max(1, h // size)
+    if kx < 2 and ky < 2:
+        return region
+    tw, th = (w // kx) * kx, (h // ky) * ky
+    x0, y0 = (w - tw) // 2, (h - th) // 2
+    region = region[y0 : y0 + th, x0 : x0 + tw]
+    return cv2.resize(region, (tw // kx, th // ky), interpolation=cv2.INTER_AREA)
+
+
+def resize_region(region: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """resampler="opencv": the kept region (HxWx3 uint8) -> (S, S, 3) uint8.
+
+    Reduce it by its whole factor with an integer box filter, then resize to S x S with INTER_LINEAR_EXACT
+    (or INTER_NEAREST_EXACT): integer arithmetic that OpenCV guarantees bit-exact across platforms and SIMD
+    paths, so a device computes the same pixels as the workstation.
+    """
+    import cv2
+
+    s = spec.input_size
+    flag = cv2.INTER_NEAREST_EXACT if spec.interpolation == "nearest" else cv2.INTER_LINEAR_EXACT
+    if spec.interpolation != "nearest":
+        region = _whole_factor_reduce(region, s)
+    if region.shape[:2] == (s, s):
+        return np.ascontiguousarray(region)
+    return cv2.resize(region, (s, s), interpolation=flag)
+
+
+def resize_crop_array(rgb: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """resampler="opencv": HxWx3 uint8 RGB -> (S, S, 3) uint8; the region is cut as a view (no copy)."""
+    left, top, w, h = _opencv_box(rgb.shape[1], rgb.shape[0], spec)
+    return resize_region(rgb[top : top + h, left : left + w], spec)
+
+
+def _kept_pixels(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
+    """The pixels of the region `resize_crop_array` keeps, cut in PIL so that only they are copied out."""
+    left, top, w, h = _opencv_box(img.width, img.height, spec)
+    if (w, h) != img.size:
+        img = img.crop((left, top, left + w, top + h))
+    return np.asarray(img)
+
+
+def preprocess(img: Image.Image | np.ndarray, spec: PreprocessSpec, fast: bool = False) -> np.ndarray:
+    """RGB PIL image or HxWx3 uint8 RGB array -> (3, S, S) float32 ready for the model.
+
+    fast: the measured faster Pillow resampling of `resize_crop` (resampler="pil" only; "opencv" is already
+    fast and exact).
+    """
+    if spec.resampler == "opencv":
+        if isinstance(img, np.ndarray):
+            return normalize(resize_crop_array(img, spec), spec)
+        return normalize(resize_region(_kept_pixels(to_rgb(img), spec), spec), spec)
+    if isinstance(img, np.ndarray):
+        img = frame_image(img)
     return normalize(np.asarray(resize_crop(to_rgb(img), spec, fast)), spec)
 
 
