@@ -20,7 +20,7 @@ from edgeft.core.errors import EdgeftError, ImageDecodeError
 from edgeft.core.hashing import sha256_file
 from edgeft.core.manifests import BundleManifest
 from edgeft.core.numeric import softmax, topk_indices
-from edgeft.core.preprocess import PreprocessSpec, decode_workers, frame_image, load_image, preprocess
+from edgeft.core.preprocess import PreprocessSpec, decode_workers, load_image, preprocess
 from edgeft.engines.select import open_bundle
 from edgeft.serve.batcher import DynamicBatcher
 from edgeft.serve.config import PredictOptions
@@ -39,6 +39,12 @@ class EngineLike(Protocol):
     def describe(self) -> str: ...
 
     def close(self) -> None: ...
+
+
+def on_cpu(engine: EngineLike) -> bool:
+    """Whether the engine computes on the CPU (then decoding must not overlap it, see `_pipelined`)."""
+    device = str(getattr(engine, "device", "") or "cpu").lower()
+    return device.startswith("cpu") or device in ("", "auto")
 
 
 def item_source(item: Any, position: int) -> str:
@@ -65,7 +71,7 @@ def prepare_item(
         if item.dtype == np.float32 and item.shape == (3, s, s):
             return np.ascontiguousarray(item)
         if item.dtype == np.uint8 and item.ndim == 3 and item.shape[2] == 3 and min(item.shape[:2]) >= 1:
-            return preprocess(frame_image(item), spec, fast)
+            return preprocess(item, spec, fast)
         raise ImageDecodeError(
             f"array of shape {item.shape} and dtype {item.dtype} is neither an HxWx3 uint8 RGB image "
             f"nor a preprocessed (3, {s}, {s}) float32 tensor",
@@ -91,11 +97,18 @@ def failed_prediction(source: str, exc: BaseException) -> Prediction:
 
 
 def _pipelined(
-    items: Iterable[Any], prepare: Callable[[Any, int], np.ndarray], batch_size: int, pool: ThreadPoolExecutor
+    items: Iterable[Any],
+    prepare: Callable[[Any, int], np.ndarray],
+    batch_size: int,
+    pool: ThreadPoolExecutor,
+    overlap: bool = True,
 ) -> Iterator[tuple[list[tuple[int, Any]], list[np.ndarray | BaseException]]]:
-    """Yield ([(position, item)], prepared arrays or exceptions) per batch while the next batch is prepared.
+    """Yield ([(position, item)], prepared arrays or exceptions) per batch, each batch prepared by the pool.
 
-    Items are pulled lazily with one batch of look-ahead, so memory stays bounded and endless feeds work.
+    overlap=True prepares batch k+1 while the consumer runs batch k (an engine on another device, or one that
+    leaves cores idle). overlap=False prepares a batch only after the previous one was consumed: a CPU engine
+    that runs every core in lock-step loses more to threads that preempt it than overlap would win (measured
+    by `edgeft bench --input frames`). Items are pulled lazily, so memory stays bounded and endless feeds work.
     """
     it = enumerate(items)
 
@@ -106,7 +119,8 @@ def _pipelined(
     pending = submit()
     while pending[0]:
         chunk, futures = pending
-        pending = submit()
+        if overlap:
+            pending = submit()
         prepared: list[np.ndarray | BaseException] = []
         for fut in futures:
             try:
@@ -114,6 +128,8 @@ def _pipelined(
             except Exception as exc:  # one bad input must not sink its batch
                 prepared.append(exc)
         yield chunk, prepared
+        if not overlap:
+            pending = submit()
 
 
 UNKNOWN = "unknown"
@@ -198,6 +214,7 @@ class Predictor:
     ) -> None:
         self.engine = engine
         self.bundle = bundle
+        self.overlap = not on_cpu(engine)
         self.bundle_dir = bundle_dir
         self.classes: list[str] = list(bundle.classes)
         self.spec: PreprocessSpec = bundle.preprocess
@@ -294,7 +311,7 @@ class Predictor:
         def prepare(item: Item, i: int) -> np.ndarray:
             return prepare_item(item, self.spec, item_source(item, i), fast=self.fast_preprocess)
 
-        for chunk, prepared in _pipelined(items, prepare, self.batch_size, self._pool):
+        for chunk, prepared in _pipelined(items, prepare, self.batch_size, self._pool, self.overlap):
             good = [j for j, x in enumerate(prepared) if isinstance(x, np.ndarray)]
             sources = [item_source(item, i) for i, item in chunk]
             rows: dict[int, Prediction] = {}

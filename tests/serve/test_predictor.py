@@ -172,3 +172,31 @@ def test_bad_settings_are_refused(tiny_bundle):
     for kwargs, match in (({"batch_size": 0}, "batch_size"), ({"topk": 0}, "topk"), ({"workers": 0}, "workers")):
         with pytest.raises(EdgeftError, match=f"{match} must be >= 1"):
             Predictor(tiny_bundle, **kwargs)
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+def test_decoding_overlaps_inference_only_off_the_cpu(predictor, test_images, overlap, monkeypatch):
+    """A CPU engine runs every core: batch k+1 is decoded only after batch k was inferred (overlap=False);
+    an engine elsewhere (a GPU) gets batch k+1 decoded while it runs batch k."""
+    events = []
+    real_infer = predictor.infer
+
+    def infer(x):
+        events.append(("infer", len(x)))
+        return real_infer(x)
+
+    def feed():
+        for p, _ in test_images[:6]:
+            events.append(("pull", p))
+            yield p
+
+    monkeypatch.setattr(predictor, "infer", infer)
+    monkeypatch.setattr(predictor, "overlap", overlap)
+    assert len(list(predictor.predict_iter(feed()))) == 6
+    first_infer = events.index(("infer", 3))
+    pulled_before = sum(1 for e in events[:first_infer] if e[0] == "pull")
+    assert pulled_before == (6 if overlap else 3)
+
+
+def test_cpu_engines_do_not_overlap_decoding(predictor):
+    assert predictor.engine.device.lower().startswith("cpu") and predictor.overlap is False
