@@ -57,7 +57,17 @@ OPTIONS = {
     "out": typer.Option(Path("runs"), "--out", help="Runs root; the run dir is OUT/<task>/<name>."),
     "name": typer.Option(None, "--name", help="Run name (default exp, exp2, ...)."),
     "overwrite": typer.Option(
-        False, "--overwrite", help="Replace an existing run of this --name once the new one is complete."
+        False,
+        "--overwrite",
+        help="Replace an existing run of this --name once the new one is complete; without --resume, also "
+        "discard the checkpoint an interrupted training of this name left.",
+    ),
+    "resume": typer.Option(
+        False,
+        "--resume",
+        help="Continue the interrupted (killed, Ctrl-C) training of this --name from its checkpoint "
+        "(OUT/<task>/.NAME.resume, saved as it trains) with the same options; the result equals an "
+        "uninterrupted run. A name with a checkpoint is refused without --resume or --overwrite.",
     ),
     "device": typer.Option("auto", "--device", help="auto | cpu | cuda"),
     "val_frac": typer.Option(0.15, "--val-frac", help="Fraction of each class for validation."),
@@ -156,6 +166,7 @@ def train_fish(
     out: Path = OPTIONS["out"],
     name: str = OPTIONS["name"],
     overwrite: bool = OPTIONS["overwrite"],
+    resume: bool = OPTIONS["resume"],
     device: str = OPTIONS["device"],
     val_frac: float = OPTIONS["val_frac"],
     calib_frac: float = OPTIONS["calib_frac"],

@@ -1,7 +1,9 @@
 """Fit loops: the head on cached features (phase 1), and end to end on images (phase 2 / from scratch).
 
 Flat, readable functions in the torchvision-references style: train_one_epoch, evaluate, fit.
-AdamW, cosine schedule, early stopping on val loss with the best weights restored.
+AdamW, cosine schedule, early stopping on val loss with the best weights restored. `fit(..., resume=slot)`
+saves its whole state after every epoch (weights, best weights, optimizer, schedule, shuffling generator,
+counters) and continues from the last saved epoch (edgeft.train.resume).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -54,6 +57,16 @@ class History:
     epochs: list[dict] = field(default_factory=list)
     best_epoch: int = 0
     stopped_early: bool = False
+
+
+class Resumable(Protocol):
+    """Where a fit keeps its state between epochs (edgeft.train.resume.Slot)."""
+
+    def load(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None: ...
+
+    def due(self) -> bool: ...
+
+    def save(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None: ...
 
 
 class ImageSet(Dataset):
@@ -124,8 +137,14 @@ def fit(
     params: list[nn.Parameter],
     cfg: FitConfig,
     on_epoch: Callable[[dict], None] | None = None,
+    resume: Resumable | None = None,
 ) -> History:
-    """Train `params` of `model`; keep the weights of the epoch with the lowest val loss (or the last)."""
+    """Train `params` of `model`; keep the weights of the epoch with the lowest val loss (or the last).
+
+    With `resume`, the state saved after the last saved epoch is restored first, and the state is saved
+    after the epochs `resume.due()` picks: a killed fit resumed this way ends with the weights of an
+    uninterrupted one.
+    """
     device = cfg.device
     model.to(device)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -134,30 +153,95 @@ def fit(
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     eval_loss = nn.CrossEntropyLoss()
     scaler = torch.amp.GradScaler("cuda") if device.startswith("cuda") else None
-    history = History()
-    best_loss, best_state, bad = float("inf"), None, 0
-    for epoch in range(1, cfg.epochs + 1):
+    loop = _Loop(model, optimizer, scheduler, scaler, getattr(train_loader, "generator", None))
+    saved = resume.load() if resume is not None else None
+    if saved is not None:
+        loop.restore(*saved)
+    history = loop.history
+    for epoch in range(loop.epoch + 1, cfg.epochs + 1):
+        if history.stopped_early:
+            break
         tr_loss, tr_acc = train_one_epoch(model, train_loader, optimizer, scheduler, loss_fn, device, scaler)
         va_loss, va_acc, _ = evaluate(model, val_loader, eval_loss, device)
         row = {"epoch": epoch, "train_loss": tr_loss, "train_acc": tr_acc, "val_loss": va_loss, "val_acc": va_acc}
         history.epochs.append(row)
+        loop.epoch = epoch
         if on_epoch:
             on_epoch(row)
         if not cfg.select_best:
             history.best_epoch = epoch
-            continue
-        if va_loss < best_loss - 1e-4:
-            best_loss, bad, history.best_epoch = va_loss, 0, epoch
-            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+        elif va_loss < loop.best_loss - 1e-4:
+            loop.best_loss, loop.bad, history.best_epoch = va_loss, 0, epoch
+            loop.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
         else:
-            bad += 1
-            if bad >= cfg.patience:
-                history.stopped_early = True
-                break
-    if best_state is not None:
-        model.load_state_dict(best_state)
+            loop.bad += 1
+            history.stopped_early = loop.bad >= cfg.patience
+        if resume is not None and resume.due():
+            resume.save(*loop.state())
+    if loop.best_state is not None:
+        model.load_state_dict(loop.best_state)
     model.eval()
     return history
+
+
+class _Loop:
+    """Everything `fit` carries from one epoch to the next, as (JSON, tensors) for a checkpoint."""
+
+    def __init__(self, model, optimizer, scheduler, scaler, generator: torch.Generator | None):
+        self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
+        self.generator = generator
+        self.history = History()
+        self.epoch, self.best_loss, self.bad = 0, float("inf"), 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    def state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        opt = self.optimizer.state_dict()
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        tensors |= {f"best.{k}": v for k, v in (self.best_state or {}).items()}
+        opt_json: dict[str, dict[str, Any]] = {}
+        for pid, st in opt["state"].items():
+            for k, v in st.items():
+                if torch.is_tensor(v):
+                    tensors[f"opt.{pid}.{k}"] = v
+                else:
+                    opt_json.setdefault(str(pid), {})[k] = v
+        if self.generator is not None:
+            tensors["generator"] = self.generator.get_state()
+        meta = {
+            "epoch": self.epoch,
+            "history": self.history.epochs,
+            "best_epoch": self.history.best_epoch,
+            "stopped_early": self.history.stopped_early,
+            "best_loss": self.best_loss,
+            "bad": self.bad,
+            "has_best": self.best_state is not None,
+            "optimizer": {"param_groups": opt["param_groups"], "state": opt_json},
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+        }
+        return meta, tensors
+
+    def restore(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        def under(prefix: str) -> dict[str, torch.Tensor]:
+            return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+        self.model.load_state_dict(under("model."))
+        self.best_state = under("best.") if meta["has_best"] else None
+        state: dict[int, dict[str, Any]] = {}
+        for k, v in under("opt.").items():
+            pid, name = k.split(".", 1)
+            state.setdefault(int(pid), {})[name] = v
+        for pid, extra in meta["optimizer"]["state"].items():
+            state.setdefault(int(pid), {}).update(extra)
+        groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g for g in meta["optimizer"]["param_groups"]]
+        self.optimizer.load_state_dict({"state": state, "param_groups": groups})
+        self.scheduler.load_state_dict(meta["scheduler"])
+        if self.scaler is not None and meta["scaler"]:
+            self.scaler.load_state_dict(meta["scaler"])
+        if self.generator is not None and "generator" in tensors:
+            self.generator.set_state(tensors["generator"])
+        self.epoch, self.best_loss, self.bad = meta["epoch"], meta["best_loss"], meta["bad"]
+        self.history = History(list(meta["history"]), meta["best_epoch"], meta["stopped_early"])
 
 
 def image_loaders(

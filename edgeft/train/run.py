@@ -3,6 +3,9 @@
 The run dir is built in a hidden sibling (core.files.staged_dir) and swapped in only when complete, with
 model.json written last: an interrupted training never leaves a half-written run and never damages an
 existing one. An existing run name is refused unless `overwrite` is set.
+
+While it trains, a checkpoint (edgeft.train.resume, `.NAME.resume/` next to the run dir) records every
+finished stage and the fit in progress; `resume` continues a killed training from it with the same result.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from torch.utils.data import DataLoader
 import edgeft
 from edgeft.core.errors import EdgeftError
 from edgeft.core.files import cache_root, staged_dir, write_json_atomic
+from edgeft.core.hashing import stable_hash
 from edgeft.core.manifests import BackboneInfo, Calibrated, HeadConfig, ModelManifest, SplitsDoc, WeightsInfo
 from edgeft.core.numeric import softmax
 from edgeft.core.progress import Reporter, or_silent
@@ -43,6 +47,7 @@ from edgeft.train.fit import (
 )
 from edgeft.train.head import HeadChoice, head_candidates, select_and_refit
 from edgeft.train.metrics import classification_metrics, plot_confusion, plot_curves, plot_prediction_grid
+from edgeft.train.resume import Checkpoint, has_checkpoint
 
 SYNTH_PER_CLASS = DEFAULT_PER_CLASS
 ROLES = ("train", "val", "calib", "test")
@@ -71,6 +76,7 @@ class TrainConfig:
     out: Path = Path("runs")
     name: str | None = None
     overwrite: bool = False
+    resume: bool = False
     device: str = "auto"
     fractions: SplitFractions = field(default_factory=SplitFractions)
     group_regex: str | None = None
@@ -106,9 +112,14 @@ class Split:
     shas: list[str]
 
 
-def next_run_dir(out: Path, task: str, name: str | None, overwrite: bool) -> Path:
-    """runs/<task>/<name>; without a name, exp, exp2, exp3, ... like other training tools."""
+def next_run_dir(out: Path, task: str, name: str | None, overwrite: bool, resume: bool = False) -> Path:
+    """runs/<task>/<name>; without a name, exp, exp2, exp3, ... like other training tools (a name whose
+    interrupted training left a checkpoint counts as taken)."""
     base = out / task
+    if resume and not name:
+        raise EdgeftError(
+            "--resume needs the --name of the interrupted run", fix="pass --name NAME with the interrupted run's name"
+        )
     if name:
         target = base / name
         if target.exists() and not overwrite:
@@ -119,7 +130,7 @@ def next_run_dir(out: Path, task: str, name: str | None, overwrite: bool) -> Pat
             )
         return target
     i = 1
-    while (base / ("exp" if i == 1 else f"exp{i}")).exists():
+    while (base / (n := "exp" if i == 1 else f"exp{i}")).exists() or has_checkpoint(base / n):
         i += 1
     return base / ("exp" if i == 1 else f"exp{i}")
 
@@ -238,7 +249,7 @@ def _epoch_reporter(rep: Reporter):
     return on_epoch
 
 
-def _head_phase(cfg, bb, n_classes, data, fit_cfg, rep) -> tuple[MLPHead, HeadChoice, dict, dict]:
+def _head_phase(cfg, bb, n_classes, data, fit_cfg, rep, ck: Checkpoint) -> tuple[MLPHead, HeadChoice, dict, dict]:
     """Phase 1: cached features of the frozen backbone; head candidates chosen on val, refit on train+val."""
     fx = FeatureExtractor(bb.module, bb.preprocess, weights_digest(bb.module), bb.arch, device=fit_cfg.device)
     feats = {}
@@ -250,11 +261,23 @@ def _head_phase(cfg, bb, n_classes, data, fit_cfg, rep) -> tuple[MLPHead, HeadCh
         for s in ("train", "val"):
             rep.task(f"features {s} mirrored ({fx.engine_name})", len(data[s].paths))
             extra[s] = fx.extract(data[s].paths, data[s].shas, progress=rep.update, view="hflip")
-    choices = head_candidates(cfg.head, tuple(cfg.hidden), cfg.dropout, cfg.weight_decay)
-    rep.task(f"head ({', '.join(c.kind for c in choices)} on val{', refit' if cfg.refit else ''})", None)
-    head, choice, record = select_and_refit(
-        choices, feats, {s: data[s].labels for s in ROLES}, n_classes, fit_cfg, cfg.refit, _epoch_reporter(rep), extra
-    )
+    done = ck.get("head")
+    if done is not None:  # the head was complete when the training was interrupted
+        (meta, state), in_dim = done, feats["train"].shape[1]
+        choice = HeadChoice(**{**meta["choice"], "hidden": tuple(meta["choice"]["hidden"])})
+        head, record = choice.build(in_dim, n_classes), meta["record"]
+        head.load_state_dict(state)
+        head.eval()
+    else:
+        choices = head_candidates(cfg.head, tuple(cfg.hidden), cfg.dropout, cfg.weight_decay)
+        rep.task(f"head ({', '.join(c.kind for c in choices)} on val{', refit' if cfg.refit else ''})", None)
+        labels = {s: data[s].labels for s in ROLES}
+        on_epoch = _epoch_reporter(rep)
+        head, choice, record = select_and_refit(
+            choices, feats, labels, n_classes, fit_cfg, cfg.refit, on_epoch, extra, checkpoint=ck
+        )
+        meta = {"choice": dataclasses.asdict(choice), "record": record}
+        ck.put("head", meta, head.state_dict(), drop=["head.", "fit.head."])
     chosen = next(c for c in record["candidates"] if c["kind"] == choice.kind)
     phase = {
         "history": chosen["history"] + (record["refit"]["history"] if record["refit"] else []),
@@ -268,14 +291,23 @@ def _head_phase(cfg, bb, n_classes, data, fit_cfg, rep) -> tuple[MLPHead, HeadCh
     return head, choice, phase, feats
 
 
-def _image_phase(cfg, model, params, data, fit_cfg, rep, name: str) -> dict:
-    """End to end on images: training from scratch, or phase 2 with the top blocks unfrozen."""
+def _image_phase(cfg, model, params, data, fit_cfg, rep, name: str, ck: Checkpoint, stage: str) -> dict:
+    """End to end on images: training from scratch, or phase 2 with the top blocks unfrozen.
+
+    A stage finished before an interruption is taken from the checkpoint (weights and record)."""
+    done = ck.get(stage)
+    if done is not None:
+        phase, state = done
+        model.load_state_dict(state)
+        return phase
     paths = {s: data[s].paths for s in ROLES}
     labels = {s: data[s].labels.tolist() for s in ROLES}
     tl, vl = image_loaders(paths, labels, model.spec, fit_cfg.batch_size, cfg.seed)
     rep.task(name, fit_cfg.epochs)
-    hist = fit(model, tl, vl, params, fit_cfg, on_epoch=_epoch_reporter(rep))
-    return {"history": hist.epochs, "best_epoch": hist.best_epoch, "stopped_early": hist.stopped_early}
+    hist = fit(model, tl, vl, params, fit_cfg, on_epoch=_epoch_reporter(rep), resume=ck.slot(f"fit.{stage}"))
+    phase = {"history": hist.epochs, "best_epoch": hist.best_epoch, "stopped_early": hist.stopped_early}
+    ck.put(stage, phase, model.state_dict(), drop=[f"fit.{stage}"])
+    return phase
 
 
 def _logits(model: Classifier, data: Split, feats: np.ndarray | None) -> np.ndarray:
@@ -287,7 +319,7 @@ def _logits(model: Classifier, data: Split, feats: np.ndarray | None) -> np.ndar
     return evaluate(model, loader, torch.nn.CrossEntropyLoss(), "cpu")[2]
 
 
-def _fit_model(cfg: TrainConfig, bb: Backbone, n_classes: int, data: dict[str, Split], device: str, rep: Reporter):
+def _fit_model(cfg: TrainConfig, bb: Backbone, n_classes: int, data: dict[str, Split], device: str, rep, ck):
     fit_cfg = FitConfig(
         cfg.epochs, cfg.lr, cfg.weight_decay, cfg.batch_size, cfg.patience, device=device, seed=cfg.seed
     )
@@ -296,13 +328,14 @@ def _fit_model(cfg: TrainConfig, bb: Backbone, n_classes: int, data: dict[str, S
     if bb.pretrained:
         for p in bb.module.parameters():
             p.requires_grad_(False)
-        head, choice, phases["head"], feats = _head_phase(cfg, bb, n_classes, data, fit_cfg, rep)
+        head, choice, phases["head"], feats = _head_phase(cfg, bb, n_classes, data, fit_cfg, rep, ck)
         model = Classifier(bb.module, head)
     else:
         choice = HeadChoice("mlp" if cfg.hidden else "linear", tuple(cfg.hidden), cfg.dropout, cfg.weight_decay)
         model = Classifier(bb.module, choice.build(bb.feature_dim, n_classes))
         model.spec = bb.preprocess  # the scratch phase trains on images through it
-        phases["scratch"] = _image_phase(cfg, model, list(model.parameters()), data, fit_cfg, rep, "train (scratch)")
+        params = list(model.parameters())
+        phases["scratch"] = _image_phase(cfg, model, params, data, fit_cfg, rep, "train (scratch)", ck, "scratch")
     model.spec = bb.preprocess
     head = model.head
     if cfg.finetune_epochs > 0 and bb.pretrained:
@@ -320,7 +353,8 @@ def _fit_model(cfg: TrainConfig, bb: Backbone, n_classes: int, data: dict[str, S
             device=device,
             seed=cfg.seed,
         )
-        phases["finetune"] = _image_phase(cfg, model, params, data, ft, rep, f"fine-tune top {cfg.finetune_blocks}")
+        name = f"fine-tune top {cfg.finetune_blocks}"
+        phases["finetune"] = _image_phase(cfg, model, params, data, ft, rep, name, ck, "finetune")
         phases["finetune"]["blocks"] = cfg.finetune_blocks
         for p in model.parameters():
             p.requires_grad_(False)
@@ -345,7 +379,7 @@ def _calibration(model, data, feats, test_logits: np.ndarray, false_reject_rate:
 
 
 def _write_run(
-    cfg, run_dir: Path, work: Path, ds: Dataset, doc: SplitsDoc, fitted, feats, data, bb, init_from, synthetic
+    cfg, run_dir: Path, work: Path, ds: Dataset, doc: SplitsDoc, fitted, feats, data, bb, init_from, synthetic, ck
 ) -> MetricsDoc:
     model, phases, choice = fitted
     test_logits = _logits(model, data["test"], None if feats is None else feats["test"])
@@ -404,27 +438,48 @@ def _write_run(
         hyperparameters=cfg.record(),
         versions=_versions(),
         data={"root": str(ds.root), "layout": ds.layout, "synthetic": synthetic, "skipped": len(ds.skipped)},
+        resumed_from=ck.doc.resumed_from,
     ).save(work)  # written last: its presence marks a complete run dir
     return metrics
 
 
 def train(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
-    """Train a run and write its run dir; returns where it is and its metrics."""
+    """Train a run and write its run dir; returns where it is and its metrics.
+
+    A killed or failed training keeps its checkpoint (`.NAME.resume/`); `cfg.resume` continues from it.
+    """
     rep = or_silent(reporter)
     seed_everything(cfg.seed)
     torch.set_num_threads(max(1, min(os.cpu_count() or 1, 8)))
     device = resolve_device(cfg.device)
-    run_dir = next_run_dir(Path(cfg.out), cfg.task, cfg.name, cfg.overwrite)
-    ds, doc, synthetic = _scan_and_split(cfg, rep)
-    assignment = {it.path: it.split for it in doc.items}
-    data = {s: _split(ds, assignment, s) for s in ROLES}
-    bb, init_from = _backbone(cfg)
-    bb = _with_crop(bb, cfg, ds, rep)
-    model, phases, feats, choice = _fit_model(cfg, bb, len(ds.classes), data, device, rep)
-    with staged_dir(run_dir) as work:
-        fitted = (model, phases, choice)
-        metrics = _write_run(cfg, run_dir, work, ds, doc, fitted, feats, data, bb, init_from, synthetic)
+    run_dir = next_run_dir(Path(cfg.out), cfg.task, cfg.name, cfg.overwrite, cfg.resume)
+    ck = Checkpoint.open(run_dir, cfg.record(), cfg.resume, cfg.overwrite, rep)
+    completed = False
+    try:
+        ds, doc, synthetic = _scan_and_split(cfg, rep)
+        assignment = {it.path: it.split for it in doc.items}
+        data = {s: _split(ds, assignment, s) for s in ROLES}
+        bb, init_from = _backbone(cfg)
+        bb = _with_crop(bb, cfg, ds, rep)
+        ck.check_inputs(_inputs(doc, bb))
+        model, phases, feats, choice = _fit_model(cfg, bb, len(ds.classes), data, device, rep, ck)
+        with staged_dir(run_dir) as work:
+            fitted = (model, phases, choice)
+            metrics = _write_run(cfg, run_dir, work, ds, doc, fitted, feats, data, bb, init_from, synthetic, ck)
+        completed = True
+    finally:
+        if ck.close(completed):
+            rep.note(f"the checkpoint was kept in {ck.path}: repeat the command with --resume to continue")
     return TrainResult(run_dir, metrics, synthetic)
+
+
+def _inputs(doc: SplitsDoc, bb: Backbone) -> dict[str, str]:
+    """What a resumed training must find unchanged: the images and their splits, the backbone weights."""
+    splits = doc.model_dump(mode="json")
+    return {
+        "images": stable_hash({k: splits[k] for k in ("classes", "items", "seed")}),
+        "backbone weights": weights_digest(bb.module),
+    }
 
 
 def _versions() -> dict[str, str]:
