@@ -3,7 +3,9 @@
 Flat, readable functions in the torchvision-references style: train_one_epoch, evaluate, fit.
 AdamW, cosine schedule, early stopping on val loss with the best weights restored. `fit(..., resume=slot)`
 saves its whole state after every epoch (weights, best weights, optimizer, schedule, shuffling generator,
-counters) and continues from the last saved epoch (edgeft.train.resume).
+counters) and continues from the last saved epoch (edgeft.train.resume). A model wrapped in
+DistributedDataParallel (edgeft.train.distributed) trains on each rank's shard; the epoch's train figures
+are summed over the ranks and rank 0's val loss decides for all.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+import torch.distributed as tdist
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from edgeft.core.errors import EdgeftError
 from edgeft.core.preprocess import PreprocessSpec, load_image, preprocess
@@ -106,6 +110,10 @@ def train_one_epoch(model, loader, optimizer, scheduler, loss_fn, device, scaler
         loss_sum += loss.item() * len(y)
         correct += (logits.argmax(1) == y).sum().item()
         total += len(y)
+    if isinstance(model, DistributedDataParallel):  # the epoch's figures over every rank's shard
+        sums = torch.tensor([loss_sum, correct, total], dtype=torch.float64)
+        tdist.all_reduce(sums)
+        loss_sum, correct, total = sums[0].item(), sums[1].item(), sums[2].item()
     return loss_sum / max(1, total), correct / max(1, total)
 
 
@@ -147,13 +155,14 @@ def fit(
     """
     device = cfg.device
     model.to(device)
+    core = model.module if isinstance(model, DistributedDataParallel) else model  # the weights to keep
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = max(1, cfg.epochs * len(train_loader))
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=steps, pct_start=0.1)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     eval_loss = nn.CrossEntropyLoss()
     scaler = torch.amp.GradScaler("cuda") if device.startswith("cuda") else None
-    loop = _Loop(model, optimizer, scheduler, scaler, getattr(train_loader, "generator", None))
+    loop = _Loop(core, optimizer, scheduler, scaler, getattr(train_loader, "generator", None))
     saved = resume.load() if resume is not None else None
     if saved is not None:
         loop.restore(*saved)
@@ -161,8 +170,12 @@ def fit(
     for epoch in range(loop.epoch + 1, cfg.epochs + 1):
         if history.stopped_early:
             break
+        if isinstance(train_loader.sampler, DistributedSampler):
+            train_loader.sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank
         tr_loss, tr_acc = train_one_epoch(model, train_loader, optimizer, scheduler, loss_fn, device, scaler)
-        va_loss, va_acc, _ = evaluate(model, val_loader, eval_loss, device)
+        va_loss, va_acc, _ = evaluate(core, val_loader, eval_loss, device)
+        if model is not core:  # BatchNorm statistics differ per rank: rank 0's val loss decides for all
+            va_loss, va_acc = _from_rank0(va_loss, va_acc)
         row = {"epoch": epoch, "train_loss": tr_loss, "train_acc": tr_acc, "val_loss": va_loss, "val_acc": va_acc}
         history.epochs.append(row)
         loop.epoch = epoch
@@ -172,16 +185,22 @@ def fit(
             history.best_epoch = epoch
         elif va_loss < loop.best_loss - 1e-4:
             loop.best_loss, loop.bad, history.best_epoch = va_loss, 0, epoch
-            loop.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+            loop.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in core.state_dict().items()})
         else:
             loop.bad += 1
             history.stopped_early = loop.bad >= cfg.patience
         if resume is not None and resume.due():
             resume.save(*loop.state())
     if loop.best_state is not None:
-        model.load_state_dict(loop.best_state)
+        core.load_state_dict(loop.best_state)
     model.eval()
     return history
+
+
+def _from_rank0(*values: float) -> tuple[float, ...]:
+    t = torch.tensor(values, dtype=torch.float64)
+    tdist.broadcast(t, src=0)
+    return tuple(t.tolist())
 
 
 class _Loop:
@@ -245,15 +264,25 @@ class _Loop:
 
 
 def image_loaders(
-    paths: dict[str, list[Path]], labels: dict[str, list[int]], spec: PreprocessSpec, batch_size: int, seed: int
+    paths: dict[str, list[Path]],
+    labels: dict[str, list[int]],
+    spec: PreprocessSpec,
+    batch_size: int,
+    seed: int,
+    rank: int = 0,
+    world: int = 1,
 ) -> tuple[DataLoader, DataLoader]:
-    gen = torch.Generator().manual_seed(seed)
+    """Shuffled, augmented train batches and val batches. With world > 1, each rank gets its shard of train
+    (DistributedSampler, reshuffled each epoch from the seed) in batches of batch_size / world, so the
+    global batch stays batch_size; every rank gets all of val."""
     tr = ImageSet(paths["train"], labels["train"], spec, augment=True)
     va = ImageSet(paths["val"], labels["val"], spec)
-    return (
-        DataLoader(tr, batch_size=batch_size, shuffle=True, generator=gen, num_workers=0),
-        DataLoader(va, batch_size=batch_size, num_workers=0),
-    )
+    val = DataLoader(va, batch_size=batch_size, num_workers=0)
+    if world > 1:
+        sampler = DistributedSampler(tr, num_replicas=world, rank=rank, shuffle=True, seed=seed)
+        return DataLoader(tr, batch_size=max(1, -(-batch_size // world)), sampler=sampler, num_workers=0), val
+    gen = torch.Generator().manual_seed(seed)
+    return DataLoader(tr, batch_size=batch_size, shuffle=True, generator=gen, num_workers=0), val
 
 
 def unfreeze_top_blocks(blocks: list[nn.Module], k: int) -> list[nn.Parameter]:
