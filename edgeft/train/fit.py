@@ -158,7 +158,8 @@ def fit(
     core = model.module if isinstance(model, DistributedDataParallel) else model  # the weights to keep
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = max(1, cfg.epochs * len(train_loader))
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=steps, pct_start=0.1)
+    warmup = 0.1 if steps != 10 else 0.2  # OneCycleLR divides by zero when its warm-up is exactly one step
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=steps, pct_start=warmup)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     eval_loss = nn.CrossEntropyLoss()
     scaler = torch.amp.GradScaler("cuda") if device.startswith("cuda") else None
