@@ -56,6 +56,7 @@ OPTION_NAMES = {
     "task": "the command (train fish / train folder)",
     "fractions": "--val-frac/--calib-frac/--test-frac",
     "refit": "--refit/--no-refit",
+    "processes": "the number of training processes (torchrun --nproc_per_node)",
 }
 SAVE_RATIO = 10.0
 DAMAGED_FIX = "pass --overwrite without --resume to discard the checkpoint and start again"

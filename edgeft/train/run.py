@@ -478,7 +478,8 @@ def _train(cfg: TrainConfig, rep: Reporter, dist: Dist) -> TrainResult:
 
     def open_run() -> tuple[Path, Checkpoint]:
         run_dir = next_run_dir(Path(cfg.out), cfg.task, cfg.name, cfg.overwrite, cfg.resume)
-        return run_dir, Checkpoint.open(run_dir, cfg.record(), cfg.resume, cfg.overwrite, rep)
+        record = {**cfg.record(), "processes": dist.world}  # fine-tuning differs with the process count
+        return run_dir, Checkpoint.open(run_dir, record, cfg.resume, cfg.overwrite, rep)
 
     if not dist.active:
         run_dir, ck = open_run()

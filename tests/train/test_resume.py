@@ -156,6 +156,11 @@ def test_resume_refuses_changed_options_and_data_and_a_forgotten_flag(colour_tre
     assert "--lr" not in str(exc.value)
     with pytest.raises(EdgeftError, match=r"--hidden \[128\] \(checkpoint: \[256\]\); --lr 0\.01 \(checkpoint"):
         train(replace(cfg, lr=0.01, hidden=(128,), resume=True))
+    from edgeft.core.progress import Reporter
+    from edgeft.train.resume import Checkpoint
+
+    with pytest.raises(EdgeftError, match=r"training processes \(torchrun --nproc_per_node\) 2 \(checkpoint: 1\)"):
+        Checkpoint.open(out / "folder" / "tiny", {**cfg.record(), "processes": 2}, True, False, Reporter())
     assert (ck / "state.json").read_bytes() == state  # refusals leave the checkpoint as it was
 
     victim = next((tree / "Trout").iterdir())
