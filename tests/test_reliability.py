@@ -110,6 +110,7 @@ class Case:
     names: tuple[str, ...]  # each formatted with the ctx and expected in the output
     tamper: Callable[[Ctx], object] | None = None  # damages the run copy before its state is recorded
     patch: Callable[[pytest.MonkeyPatch, Ctx], None] | None = None  # a fault injected while the command runs
+    kept: tuple[str, ...] = ()  # hidden outputs kept on purpose (a training's checkpoint for --resume)
 
 
 def _tree(ctx: Ctx, classes: dict[str, list[bytes]]) -> Path:
@@ -266,8 +267,9 @@ CASES: dict[str, Case] = {
     "train-interrupted": Case(
         lambda c: [*TRAIN, "--data", c.tree],
         130,
-        ("interrupted", "outputs were discarded"),
+        ("interrupted", "outputs were discarded", "{tmp}/runs/folder/.exp.resume", "with --resume to continue"),
         patch=_interrupt("edgeft.train.run._write_run"),
+        kept=(".exp.resume",),
     ),
     "serve-interrupted": Case(
         lambda c: [*SERVE, "--source", c.file("a.png", png())],
@@ -380,7 +382,7 @@ def test_cli_fault(name, ctx, monkeypatch):
     for expected in case.names:
         assert _fmt(expected, ctx) in flat, f"{expected!r} not named in:\n{result.output}"
     assert {p: tree_digest(p) for p in protected} == before, "pre-existing files changed"
-    hidden = [p for root in (ctx.run.parent, ctx.tmp) for p in root.rglob(".*")]
+    hidden = [p for root in (ctx.run.parent, ctx.tmp) for p in root.rglob(".*") if not set(p.parts) & set(case.kept)]
     assert not hidden, f"partial outputs left behind: {hidden}"
 
 

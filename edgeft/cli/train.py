@@ -9,7 +9,7 @@ from typing import Any
 import typer
 
 from edgeft.cli import console
-from edgeft.core.errors import EdgeftError
+from edgeft.core.errors import EXIT_INTERRUPTED, EdgeftError
 from edgeft.core.preprocess import RESAMPLERS
 from edgeft.data.synth import DEFAULT_PER_CLASS
 
@@ -58,7 +58,17 @@ OPTIONS = {
     "out": typer.Option(Path("runs"), "--out", help="Runs root; the run dir is OUT/<task>/<name>."),
     "name": typer.Option(None, "--name", help="Run name (default exp, exp2, ...)."),
     "overwrite": typer.Option(
-        False, "--overwrite", help="Replace an existing run of this --name once the new one is complete."
+        False,
+        "--overwrite",
+        help="Replace an existing run of this --name once the new one is complete; without --resume, also "
+        "discard the checkpoint an interrupted training of this name left.",
+    ),
+    "resume": typer.Option(
+        False,
+        "--resume",
+        help="Continue the interrupted (killed, Ctrl-C) training of this --name from its checkpoint "
+        "(OUT/<task>/.NAME.resume, saved as it trains) with the same options; the result equals an "
+        "uninterrupted run. A name with a checkpoint is refused without --resume or --overwrite.",
     ),
     "device": typer.Option("auto", "--device", help="auto | cpu | cuda"),
     "val_frac": typer.Option(0.15, "--val-frac", help="Fraction of each class for validation."),
@@ -97,9 +107,10 @@ OPTIONS = {
 }
 
 
-def run_training(task: str, data: Path | None, **kw) -> None:
+def training_config(task: str, data: Path | None, **kw):
+    """The TrainConfig of the command line, or one clear error."""
     from edgeft.data.splits import SplitFractions
-    from edgeft.train.run import TrainConfig, train
+    from edgeft.train.run import TrainConfig
 
     if kw["epochs"] < 1 or kw["finetune_epochs"] < 0:
         raise EdgeftError("--epochs must be >= 1 and --finetune-epochs >= 0", fix="pass positive epoch counts")
@@ -113,7 +124,7 @@ def run_training(task: str, data: Path | None, **kw) -> None:
         raise EdgeftError(f"--augment {kw['augment']!r} is not a view set", fix="use hflip or none")
     if not 0.0 <= kw["false_reject_rate"] < 1.0:
         raise EdgeftError("--false-reject-rate must be in [0, 1)", fix="e.g. --false-reject-rate 0.05")
-    cfg = TrainConfig(
+    return TrainConfig(
         task=task,
         data=data,
         species=_names(kw.pop("species")),
@@ -121,6 +132,17 @@ def run_training(task: str, data: Path | None, **kw) -> None:
         fractions=SplitFractions(kw.pop("val_frac"), kw.pop("calib_frac"), kw.pop("test_frac")),
         **kw,
     )
+
+
+def run_training(task: str, data: Path | None, **kw) -> None:
+    from edgeft.train.distributed import env_rank
+    from edgeft.train.run import train
+
+    rank = env_rank()
+    if rank != 0:  # another rank of `torchrun ... edgeft train`: quiet, rank 0 reports
+        _other_rank(rank, task, data, kw)
+        return
+    cfg = training_config(task, data, **kw)
     with console.reporting() as rep:
         result = train(cfg, rep)
     test = result.metrics.test
@@ -141,6 +163,25 @@ def run_training(task: str, data: Path | None, **kw) -> None:
         f"calibrated on {roles.get('calib')}, tested on {roles.get('test')}",
     )
     console.outputs("Run dir", result.run_dir)
+
+
+def _other_rank(rank: int, task: str, data: Path | None, kw: dict) -> None:
+    """A rank other than 0 prints nothing but an error of its own that rank 0 cannot report (e.g. it lost
+    the others); errors every rank shares, and bad options (rank 0 has the same), are rank 0's to print."""
+    from edgeft.train.run import train
+
+    try:
+        cfg = training_config(task, data, **kw)
+    except EdgeftError as exc:
+        raise typer.Exit(exc.exit_code) from None
+    try:
+        train(cfg)
+    except EdgeftError as exc:
+        if not getattr(exc, "shared", False):
+            console.error(f"rank {rank}: {exc}" if not exc.message.startswith("rank ") else str(exc))
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
 @train_app.command("fish")
@@ -164,6 +205,7 @@ def train_fish(
     out: Path = OPTIONS["out"],
     name: str = OPTIONS["name"],
     overwrite: bool = OPTIONS["overwrite"],
+    resume: bool = OPTIONS["resume"],
     device: str = OPTIONS["device"],
     val_frac: float = OPTIONS["val_frac"],
     calib_frac: float = OPTIONS["calib_frac"],

@@ -21,6 +21,7 @@ MODEL_FORMAT = "edgeft.model/1"
 BUNDLE_FORMAT = "edgeft.bundle/1"
 SPLITS_FORMAT = "edgeft.splits/1"
 CALIBRATION_FORMAT = "edgeft.calibration/1"
+RESUME_FORMAT = "edgeft.resume/1"
 SPLITS = ("train", "val", "calib", "test")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
@@ -130,6 +131,7 @@ class ModelManifest(Doc):
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
     versions: dict[str, str] = Field(default_factory=dict)
     data: dict[str, Any] = Field(default_factory=dict)
+    resumed_from: list[dict[str, Any]] = Field(default_factory=list)  # one row per `--resume`: stage, epoch
 
     _classes = field_validator("classes")(_unique_names)
 
@@ -329,3 +331,28 @@ class CalibrationDoc(Doc):
     excluded_duplicates_of_test: list[str] = Field(default_factory=list)
     root: str
     images: list[CalibrationImage]
+
+
+class ResumeEntry(Doc):
+    """One checkpointed step of a training: its JSON state, its tensors file and the RNG states after it."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, ser_json_inf_nan="constants")
+
+    seq: int = Field(ge=0)
+    meta: dict[str, Any] = Field(default_factory=dict)
+    tensors: str | None = None  # file name inside the checkpoint dir (safetensors)
+    rng: dict[str, Any] = Field(default_factory=dict)  # Python and NumPy states; torch's live in `tensors`
+
+
+class ResumeDoc(Doc):
+    """state.json of a training checkpoint (`.NAME.resume/`): the options and inputs it was started with,
+    and the steps done so far. Floats keep inf/nan (`Infinity`/`NaN`) so a resumed run continues exactly."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, ser_json_inf_nan="constants")
+
+    format: Literal["edgeft.resume/1"] = RESUME_FORMAT
+    config: dict[str, Any]
+    inputs: dict[str, str] = Field(default_factory=dict)
+    entries: dict[str, ResumeEntry] = Field(default_factory=dict)
+    resumed_from: list[dict[str, Any]] = Field(default_factory=list)
+    seq: int = 0

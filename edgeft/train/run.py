@@ -3,12 +3,18 @@
 The run dir is built in a hidden sibling (core.files.staged_dir) and swapped in only when complete, with
 model.json written last: an interrupted training never leaves a half-written run and never damages an
 existing one. An existing run name is refused unless `overwrite` is set.
+
+While it trains, a checkpoint (edgeft.train.resume, `.NAME.resume/` next to the run dir) records every
+finished stage and the fit in progress; `resume` continues a killed training from it with the same result.
+
+Launched by torchrun, the same function runs on every rank (edgeft.train.distributed): rank 0 scans,
+checkpoints and writes the run dir, the feature pass is shared out, the head is fitted on every rank from
+the same features, fine-tuning runs under DistributedDataParallel; the other ranks end after fitting.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,6 +26,7 @@ from torch.utils.data import DataLoader
 import edgeft
 from edgeft.core.errors import EdgeftError
 from edgeft.core.files import cache_root, staged_dir, write_json_atomic
+from edgeft.core.hashing import stable_hash
 from edgeft.core.manifests import BackboneInfo, Calibrated, HeadConfig, ModelManifest, SplitsDoc, WeightsInfo
 from edgeft.core.numeric import softmax
 from edgeft.core.preprocess import PreprocessSpec
@@ -29,8 +36,9 @@ from edgeft.data.layouts import Dataset, load_dataset
 from edgeft.data.splits import SplitFractions, assign_splits, splits_doc
 from edgeft.data.synth import DEFAULT_PER_CLASS
 from edgeft.models.backbones import DEFAULT_BACKBONE, Backbone, create_backbone, weights_digest
-from edgeft.models.classifier import Classifier, MLPHead, load_run, save_weights
+from edgeft.models.classifier import Classifier, load_run, save_weights
 from edgeft.train.calibrate import calibrate, plot_reliability
+from edgeft.train.distributed import Dist, from_env
 from edgeft.train.features import FeatureExtractor
 from edgeft.train.fit import (
     FitConfig,
@@ -44,6 +52,7 @@ from edgeft.train.fit import (
 )
 from edgeft.train.head import HeadChoice, head_candidates, select_and_refit
 from edgeft.train.metrics import classification_metrics, plot_confusion, plot_curves, plot_prediction_grid
+from edgeft.train.resume import Checkpoint, has_checkpoint, resume_dir
 
 SYNTH_PER_CLASS = DEFAULT_PER_CLASS
 ROLES = ("train", "val", "calib", "test")
@@ -72,6 +81,7 @@ class TrainConfig:
     out: Path = Path("runs")
     name: str | None = None
     overwrite: bool = False
+    resume: bool = False
     device: str = "auto"
     fractions: SplitFractions = field(default_factory=SplitFractions)
     group_regex: str | None = None
@@ -94,8 +104,10 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
+    """metrics is None on the ranks other than 0 of a multi-process training (rank 0 writes the run)."""
+
     run_dir: Path
-    metrics: MetricsDoc
+    metrics: MetricsDoc | None
     synthetic: bool
 
 
@@ -108,9 +120,14 @@ class Split:
     shas: list[str]
 
 
-def next_run_dir(out: Path, task: str, name: str | None, overwrite: bool) -> Path:
-    """runs/<task>/<name>; without a name, exp, exp2, exp3, ... like other training tools."""
+def next_run_dir(out: Path, task: str, name: str | None, overwrite: bool, resume: bool = False) -> Path:
+    """runs/<task>/<name>; without a name, exp, exp2, exp3, ... like other training tools (a name whose
+    interrupted training left a checkpoint counts as taken)."""
     base = out / task
+    if resume and not name:
+        raise EdgeftError(
+            "--resume needs the --name of the interrupted run", fix="pass --name NAME with the interrupted run's name"
+        )
     if name:
         target = base / name
         if target.exists() and not overwrite:
@@ -121,7 +138,7 @@ def next_run_dir(out: Path, task: str, name: str | None, overwrite: bool) -> Pat
             )
         return target
     i = 1
-    while (base / ("exp" if i == 1 else f"exp{i}")).exists():
+    while (base / (n := "exp" if i == 1 else f"exp{i}")).exists() or has_checkpoint(base / n):
         i += 1
     return base / ("exp" if i == 1 else f"exp{i}")
 
@@ -247,23 +264,42 @@ def _epoch_reporter(rep: Reporter):
     return on_epoch
 
 
-def _head_phase(cfg, bb, n_classes, data, fit_cfg, rep) -> tuple[MLPHead, HeadChoice, dict, dict]:
-    """Phase 1: cached features of the frozen backbone; head candidates chosen on val, refit on train+val."""
-    fx = FeatureExtractor(bb.module, bb.preprocess, weights_digest(bb.module), bb.arch, device=fit_cfg.device)
+def _head_phase(cfg, bb, n_classes, data, fit_cfg, rep, ck: Checkpoint, dist: Dist):
+    """Phase 1: cached features of the frozen backbone; head candidates chosen on val, refit on train+val.
+
+    (head, choice, phase record, features per role)."""
+    threads = dist.threads() if dist.active else None
+    with dist.cache_writer_first():  # one export of the backbone into the cache per machine
+        fx = FeatureExtractor(
+            bb.module, bb.preprocess, weights_digest(bb.module), bb.arch, device=fit_cfg.device, threads=threads
+        )
+    shard = dist if dist.active else None
     feats = {}
     for s in ROLES:
         rep.task(f"features {s} ({fx.engine_name})", len(data[s].paths))
-        feats[s] = fx.extract(data[s].paths, data[s].shas, progress=rep.update)
+        feats[s] = fx.extract(data[s].paths, data[s].shas, progress=rep.update, shard=shard)
     extra = {}
     if cfg.augment == "hflip":  # mirrored copies of the images the head learns from (never calib or test)
         for s in ("train", "val"):
             rep.task(f"features {s} mirrored ({fx.engine_name})", len(data[s].paths))
-            extra[s] = fx.extract(data[s].paths, data[s].shas, progress=rep.update, view="hflip")
-    choices = head_candidates(cfg.head, tuple(cfg.hidden), cfg.dropout, cfg.weight_decay)
-    rep.task(f"head ({', '.join(c.kind for c in choices)} on val{', refit' if cfg.refit else ''})", None)
-    head, choice, record = select_and_refit(
-        choices, feats, {s: data[s].labels for s in ROLES}, n_classes, fit_cfg, cfg.refit, _epoch_reporter(rep), extra
-    )
+            extra[s] = fx.extract(data[s].paths, data[s].shas, progress=rep.update, view="hflip", shard=shard)
+    done = ck.get("head")
+    if done is not None:  # the head was complete when the training was interrupted
+        (meta, state), in_dim = done, feats["train"].shape[1]
+        choice = HeadChoice(**{**meta["choice"], "hidden": tuple(meta["choice"]["hidden"])})
+        head, record = choice.build(in_dim, n_classes), meta["record"]
+        head.load_state_dict(state)
+        head.eval()
+    else:
+        choices = head_candidates(cfg.head, tuple(cfg.hidden), cfg.dropout, cfg.weight_decay)
+        rep.task(f"head ({', '.join(c.kind for c in choices)} on val{', refit' if cfg.refit else ''})", None)
+        labels = {s: data[s].labels for s in ROLES}
+        on_epoch = _epoch_reporter(rep)
+        head, choice, record = select_and_refit(
+            choices, feats, labels, n_classes, fit_cfg, cfg.refit, on_epoch, extra, checkpoint=ck
+        )
+        meta = {"choice": dataclasses.asdict(choice), "record": record}
+        ck.put("head", meta, head.state_dict(), drop=["head.", "fit.head."])
     chosen = next(c for c in record["candidates"] if c["kind"] == choice.kind)
     phase = {
         "history": chosen["history"] + (record["refit"]["history"] if record["refit"] else []),
@@ -277,14 +313,25 @@ def _head_phase(cfg, bb, n_classes, data, fit_cfg, rep) -> tuple[MLPHead, HeadCh
     return head, choice, phase, feats
 
 
-def _image_phase(cfg, model, params, data, fit_cfg, rep, name: str) -> dict:
-    """End to end on images: training from scratch, or phase 2 with the top blocks unfrozen."""
+def _image_phase(cfg, model, params, data, fit_cfg, rep, name: str, ck: Checkpoint, stage: str, dist: Dist) -> dict:
+    """End to end on images: training from scratch, or phase 2 with the top blocks unfrozen; under
+    DistributedDataParallel in a multi-process training.
+
+    A stage finished before an interruption is taken from the checkpoint (weights and record)."""
+    done = ck.get(stage)
+    if done is not None:
+        phase, state = done
+        model.load_state_dict(state)
+        return phase
     paths = {s: data[s].paths for s in ROLES}
     labels = {s: data[s].labels.tolist() for s in ROLES}
-    tl, vl = image_loaders(paths, labels, model.spec, fit_cfg.batch_size, cfg.seed)
+    tl, vl = image_loaders(paths, labels, model.spec, fit_cfg.batch_size, cfg.seed, dist.rank, dist.world)
     rep.task(name, fit_cfg.epochs)
-    hist = fit(model, tl, vl, params, fit_cfg, on_epoch=_epoch_reporter(rep))
-    return {"history": hist.epochs, "best_epoch": hist.best_epoch, "stopped_early": hist.stopped_early}
+    net = dist.parallel(model)
+    hist = fit(net, tl, vl, params, fit_cfg, on_epoch=_epoch_reporter(rep), resume=ck.slot(f"fit.{stage}"))
+    phase = {"history": hist.epochs, "best_epoch": hist.best_epoch, "stopped_early": hist.stopped_early}
+    ck.put(stage, phase, model.state_dict(), drop=[f"fit.{stage}"])
+    return phase
 
 
 def _logits(model: Classifier, data: Split, feats: np.ndarray | None) -> np.ndarray:
@@ -296,7 +343,7 @@ def _logits(model: Classifier, data: Split, feats: np.ndarray | None) -> np.ndar
     return evaluate(model, loader, torch.nn.CrossEntropyLoss(), "cpu")[2]
 
 
-def _fit_model(cfg: TrainConfig, bb: Backbone, n_classes: int, data: dict[str, Split], device: str, rep: Reporter):
+def _fit_model(cfg: TrainConfig, bb: Backbone, n_classes: int, data: dict[str, Split], device: str, rep, ck, dist):
     fit_cfg = FitConfig(
         cfg.epochs, cfg.lr, cfg.weight_decay, cfg.batch_size, cfg.patience, device=device, seed=cfg.seed
     )
@@ -305,13 +352,14 @@ def _fit_model(cfg: TrainConfig, bb: Backbone, n_classes: int, data: dict[str, S
     if bb.pretrained:
         for p in bb.module.parameters():
             p.requires_grad_(False)
-        head, choice, phases["head"], feats = _head_phase(cfg, bb, n_classes, data, fit_cfg, rep)
+        head, choice, phases["head"], feats = _head_phase(cfg, bb, n_classes, data, fit_cfg, rep, ck, dist)
         model = Classifier(bb.module, head)
     else:
         choice = HeadChoice("mlp" if cfg.hidden else "linear", tuple(cfg.hidden), cfg.dropout, cfg.weight_decay)
         model = Classifier(bb.module, choice.build(bb.feature_dim, n_classes))
         model.spec = bb.preprocess  # the scratch phase trains on images through it
-        phases["scratch"] = _image_phase(cfg, model, list(model.parameters()), data, fit_cfg, rep, "train (scratch)")
+        params = list(model.parameters())
+        phases["scratch"] = _image_phase(cfg, model, params, data, fit_cfg, rep, "train (scratch)", ck, "scratch", dist)
     model.spec = bb.preprocess
     head = model.head
     if cfg.finetune_epochs > 0 and bb.pretrained:
@@ -329,7 +377,8 @@ def _fit_model(cfg: TrainConfig, bb: Backbone, n_classes: int, data: dict[str, S
             device=device,
             seed=cfg.seed,
         )
-        phases["finetune"] = _image_phase(cfg, model, params, data, ft, rep, f"fine-tune top {cfg.finetune_blocks}")
+        name = f"fine-tune top {cfg.finetune_blocks}"
+        phases["finetune"] = _image_phase(cfg, model, params, data, ft, rep, name, ck, "finetune", dist)
         phases["finetune"]["blocks"] = cfg.finetune_blocks
         for p in model.parameters():
             p.requires_grad_(False)
@@ -354,7 +403,7 @@ def _calibration(model, data, feats, test_logits: np.ndarray, false_reject_rate:
 
 
 def _write_run(
-    cfg, run_dir: Path, work: Path, ds: Dataset, doc: SplitsDoc, fitted, feats, data, bb, init_from, synthetic
+    cfg, run_dir: Path, work: Path, ds: Dataset, doc: SplitsDoc, fitted, feats, data, bb, init_from, synthetic, ck
 ) -> MetricsDoc:
     model, phases, choice = fitted
     test_logits = _logits(model, data["test"], None if feats is None else feats["test"])
@@ -413,27 +462,85 @@ def _write_run(
         hyperparameters=cfg.record(),
         versions=_versions(),
         data={"root": str(ds.root), "layout": ds.layout, "synthetic": synthetic, "skipped": len(ds.skipped)},
+        resumed_from=ck.doc.resumed_from,
     ).save(work)  # written last: its presence marks a complete run dir
     return metrics
 
 
 def train(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
-    """Train a run and write its run dir; returns where it is and its metrics."""
-    rep = or_silent(reporter)
+    """Train a run and write its run dir; returns where it is and its metrics.
+
+    A killed or failed training keeps its checkpoint (`.NAME.resume/`); `cfg.resume` continues from it.
+    Under torchrun every rank calls this; see edgeft.train.distributed.
+    """
+    dist = from_env()
+    try:
+        return _train(cfg, or_silent(reporter), dist)
+    finally:
+        dist.close()
+
+
+def _train(cfg: TrainConfig, rep: Reporter, dist: Dist) -> TrainResult:
     seed_everything(cfg.seed)
-    torch.set_num_threads(max(1, min(os.cpu_count() or 1, 8)))
-    device = resolve_device(cfg.device)
-    run_dir = next_run_dir(Path(cfg.out), cfg.task, cfg.name, cfg.overwrite)
-    ds, doc, synthetic = _scan_and_split(cfg, rep)
-    assignment = {it.path: it.split for it in doc.items}
-    data = {s: _split(ds, assignment, s) for s in ROLES}
-    bb, init_from = _backbone(cfg)
-    bb = _with_preprocess(bb, cfg, ds, rep)
-    model, phases, feats, choice = _fit_model(cfg, bb, len(ds.classes), data, device, rep)
-    with staged_dir(run_dir) as work:
-        fitted = (model, phases, choice)
-        metrics = _write_run(cfg, run_dir, work, ds, doc, fitted, feats, data, bb, init_from, synthetic)
+    torch.set_num_threads(dist.threads())
+    device = dist.agree(lambda: _device(cfg, dist))[0]
+
+    def open_run() -> tuple[Path, Checkpoint]:
+        run_dir = next_run_dir(Path(cfg.out), cfg.task, cfg.name, cfg.overwrite, cfg.resume)
+        record = {**cfg.record(), "processes": dist.world}  # fine-tuning differs with the process count
+        return run_dir, Checkpoint.open(run_dir, record, cfg.resume, cfg.overwrite, rep)
+
+    if not dist.active:
+        run_dir, ck = open_run()
+    else:  # rank 0 decides and holds the checkpoint; the other ranks get a copy of what it loaded
+        opened: list[Checkpoint] = []
+
+        def open_on_main() -> tuple[Path, tuple]:
+            run_dir, ck = open_run()
+            opened.append(ck)
+            return run_dir, ck.replica()
+
+        run_dir, replica = dist.on_main(open_on_main)
+        ck = opened[0] if dist.main else Checkpoint.from_replica(resume_dir(run_dir), replica)
+    completed = False
+    try:
+        ds, doc, synthetic = dist.on_main(lambda: _scan_and_split(cfg, rep))
+        assignment = {it.path: it.split for it in doc.items}
+        data = {s: _split(ds, assignment, s) for s in ROLES}
+        bb, init_from = _backbone(cfg)
+        bb = _with_preprocess(bb, cfg, ds, rep)
+        dist.on_main(lambda: ck.check_inputs(_inputs(doc, bb)))
+        model, phases, feats, choice = _fit_model(cfg, bb, len(ds.classes), data, device, rep, ck, dist)
+        if not dist.main:
+            completed = True
+            return TrainResult(run_dir, None, synthetic)
+        with staged_dir(run_dir) as work:
+            fitted = (model, phases, choice)
+            metrics = _write_run(cfg, run_dir, work, ds, doc, fitted, feats, data, bb, init_from, synthetic, ck)
+        completed = True
+    finally:
+        if ck.close(completed):
+            rep.note(f"the checkpoint was kept in {ck.path}: repeat the command with --resume to continue")
     return TrainResult(run_dir, metrics, synthetic)
+
+
+def _device(cfg: TrainConfig, dist: Dist) -> str:
+    device = resolve_device(cfg.device)
+    if dist.active and device != "cpu":
+        raise EdgeftError(
+            f"multi-process training runs on CPU with gloo, but --device {cfg.device} chose {device}",
+            fix="pass --device cpu under torchrun, or train in one process on the GPU",
+        )
+    return device
+
+
+def _inputs(doc: SplitsDoc, bb: Backbone) -> dict[str, str]:
+    """What a resumed training must find unchanged: the images and their splits, the backbone weights."""
+    splits = doc.model_dump(mode="json")
+    return {
+        "images": stable_hash({k: splits[k] for k in ("classes", "items", "seed")}),
+        "backbone weights": weights_digest(bb.module),
+    }
 
 
 def _versions() -> dict[str, str]:

@@ -66,4 +66,5 @@ def test_failed_retrain_while_writing_leaves_no_partial_and_the_old_run(
     with pytest.raises(KeyboardInterrupt):
         run_mod.train(cfg)
     assert _snapshot(run) == before
-    assert sorted(p.name for p in run.parent.iterdir()) == ["tiny"]  # the staged sibling was removed
+    # the staged sibling was removed; the checkpoint of the interrupted training stays for --resume
+    assert sorted(p.name for p in run.parent.iterdir()) == [".tiny.resume", "tiny"]
