@@ -3,12 +3,14 @@
 Images are decoded and preprocessed ONCE with THE preprocessing; every backend then gets the same float32
 arrays, so differences come from the engines and quantisation alone. The reference is the torch FP32 model
 of the run (when torch and the run are here) or the bundle's ONNX FP32 artifact on onnxruntime:cpu.
-Every backend is judged by THE comparator and THE gate; parity.json records it all.
+Every backend is judged by THE comparator and THE gate; parity.json records it all. Logits that export (or an
+earlier parity) computed for the same files, engine settings and images come from the cache (check/refcache.py);
+use_cache=False (`--no-cache`) runs the reference and every engine again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,14 @@ import numpy as np
 from edgeft.check.comparator import compare
 from edgeft.check.gate import Gate, failed_to_run
 from edgeft.check.plots import plot_flips
-from edgeft.check.refcache import load_reference, reference_key, save_reference
+from edgeft.check.refcache import (
+    artifact_key,
+    image_hashes,
+    load_reference,
+    reference_key,
+    run_cached,
+    save_reference,
+)
 from edgeft.core.errors import EdgeftError
 from edgeft.core.hashing import sha256_file
 from edgeft.core.locate import locate
@@ -44,7 +53,7 @@ def _torch_reference_problem(run_dir: Path | None) -> str | None:
     return None
 
 
-def open_reference(
+def reference_engine(
     bundle: BundleManifest,
     bundle_dir: Path,
     run_dir: Path | None,
@@ -52,7 +61,11 @@ def open_reference(
     batch_size: int | None = None,
     **options: Any,
 ) -> tuple[Engine, str]:
-    """The loaded reference engine and a note on why it was chosen (options go to the engine, e.g. threads=1)."""
+    """The reference engine and a note on why it was chosen (options go to the engine, e.g. threads=1).
+
+    The torch engine comes back loaded (a torch model that fails to load falls back to the ONNX reference);
+    the bundle's reference artifact comes back constructed and sha256-verified, not loaded yet.
+    """
     if reference not in REFERENCES:
         raise EdgeftError(f"unknown reference {reference!r}; use one of {REFERENCES}", fix="e.g. --reference onnx")
     note = ""
@@ -79,8 +92,21 @@ def open_reference(
         )
     verify_artifact(bundle, bundle_dir, art)
     spec = _REFERENCE_SPECS[art.format]
-    engine = open_artifact(bundle_dir, bundle, spec, art, batch_size, **options).load()
+    engine = open_artifact(bundle_dir, bundle, spec, art, batch_size, **options)
     return engine, note + f"bundle reference artifact {art.name} on {spec}"
+
+
+def open_reference(
+    bundle: BundleManifest,
+    bundle_dir: Path,
+    run_dir: Path | None,
+    reference: str,
+    batch_size: int | None = None,
+    **options: Any,
+) -> tuple[Engine, str]:
+    """The loaded reference engine and a note on why it was chosen (options go to the engine, e.g. threads=1)."""
+    engine, note = reference_engine(bundle, bundle_dir, run_dir, reference, batch_size, **options)
+    return engine.load(), note
 
 
 def bundle_gate(bundle: BundleManifest, **overrides: Any) -> Gate:
@@ -121,17 +147,26 @@ def _run_weights_sha(run_dir: Path | None) -> str:
 
 
 def torch_reference_key(
-    bundle: BundleManifest, run_dir: Path | None, reference: str, paths: list[Path], spec: PreprocessSpec
+    bundle: BundleManifest, run_dir: Path | None, reference: str, images: Sequence[str], spec: PreprocessSpec
 ) -> str:
-    """The reference-cache key of the torch reference on these images, or "" when torch cannot be the
-    reference here. Keyed by the run's weights as they are on disk now, so a changed run never reuses stale
-    logits."""
+    """The reference-cache key of the torch reference on these images (their content hashes, in order), or ""
+    when torch cannot be the reference here. Keyed by the run's weights as they are on disk now, so a changed
+    run never reuses stale logits."""
     if reference not in ("auto", "torch") or _torch_reference_problem(run_dir) is not None:
         return ""
     sha = _run_weights_sha(run_dir)
     if not sha or sha != bundle.source.weights_sha256:
         return ""
-    return reference_key(sha, spec, paths, "torch-fp32")
+    return reference_key(sha, spec, images, "torch-fp32")
+
+
+def outputs_key(engine: Engine, images: Sequence[str] | None, batch_size: int, spec: PreprocessSpec) -> str:
+    """The artifact-cache key of a bundle artifact's engine (open_artifact) on these images, or "" (not cached:
+    the torch model, or no image hashes)."""
+    art = getattr(engine, "artifact", None)
+    if images is None or art is None or art.format == "torch":
+        return ""
+    return artifact_key(engine, art.sha256, art.extra_files.values(), spec, images, batch_size)
 
 
 def evaluate_target(
@@ -146,13 +181,20 @@ def evaluate_target(
     batch_size: int,
     judged_on: str,
     advance: Callable[[int], None] | None = None,
+    *,
+    images: Sequence[str] | None = None,
+    reuse: bool = True,
 ) -> BackendResult:
-    """Run one target and judge it; a target that fails to load or run is a failed backend, not a crash."""
+    """Run one target and judge it; a target that fails to load or run is a failed backend, not a crash.
+
+    images: the content hashes of the images x was preprocessed from (with the bundle's preprocessing): the
+    target's logits are then looked up in the artifact cache (unless reuse=False) and stored there.
+    """
     try:
-        verify_artifact(bundle, bundle_dir, t.artifact)
-        with open_artifact(bundle_dir, bundle, t.spec, t.artifact, batch_size) as engine:
-            describe = engine.describe()
-            logits = engine.run(x, batch_size, advance)
+        verify_artifact(bundle, bundle_dir, t.artifact)  # before the cache: a tampered file is never judged
+        engine = open_artifact(bundle_dir, bundle, t.spec, t.artifact, batch_size)
+        key = outputs_key(engine, images, batch_size, bundle.preprocess)
+        outputs = run_cached(engine, x, batch_size, key, advance, reuse=reuse)
     except EdgeftError as exc:
         return BackendResult(
             backend=t.spec,
@@ -161,12 +203,13 @@ def evaluate_target(
             gate=failed_to_run(exc.message, judged_on),
             error=str(exc),
         )
-    comparison = compare(ref_logits, logits, bundle.classes, labels, sources)
+    comparison = compare(ref_logits, outputs.logits, bundle.classes, labels, sources)
     return BackendResult(
         backend=t.spec,
         artifact=t.artifact.name,
         precision=t.precision,
-        describe=describe,
+        describe=outputs.describe,
+        cached=outputs.cached,
         comparison=comparison,
         gate=gate.judge(t.precision, comparison, judged_on),
     )
@@ -184,12 +227,15 @@ def run_parity(
     *,
     reference: str = "auto",
     batch_size: int = 32,
+    use_cache: bool = True,
     reporter: Reporter | None = None,
 ) -> ParityReport:
     """Compare every runnable backend x precision of a bundle with the reference; write parity.json.
 
     target: a bundle dir, a run dir (its bundle is looked up) or None (the latest run under runs/).
     out: directory for parity.json (default: the bundle dir).
+    use_cache: reuse the logits export (or an earlier parity) computed for the same reference, artifact, engine
+    settings and images; False runs the reference and every engine again (and refreshes the cache).
     """
     rep = or_silent(reporter)
     where = locate(target, need_bundle=True)
@@ -211,27 +257,47 @@ def run_parity(
     sources = [str(p) for p in kept.paths]
     labels = kept.label_indices(bundle.classes)
 
-    ref_key = torch_reference_key(bundle, run_dir, reference, kept.paths, run_spec or bundle.preprocess)
-    ref_logits = load_reference(ref_key, len(kept), len(bundle.classes)) if ref_key else None
+    images = image_hashes(kept.paths)  # once, for the reference key and every artifact key
+    ref_key = torch_reference_key(bundle, run_dir, reference, images, run_spec or bundle.preprocess)
+    ref_logits = load_reference(ref_key, len(kept), len(bundle.classes)) if ref_key and use_cache else None
     if ref_logits is not None:  # export (or an earlier parity) already ran the torch model on these images
         ref_name = "torch:cpu/torch-fp32"
         ref_note = "torch FP32 model of the run (its logits on these images from the cache export or parity filled)"
         rep.task(f"reference {ref_name}", len(kept))
         rep.advance(len(kept))
     else:
-        ref_engine, ref_note = open_reference(bundle, bundle_dir, run_dir, reference)
+        ref_engine, ref_note = reference_engine(bundle, bundle_dir, run_dir, reference)
         ref_name = f"{ref_engine.spec}/{ref_engine.label}"
         rep.task(f"reference {ref_name}", len(kept))
-        with ref_engine:
-            ref_logits = ref_engine.run(x_ref, batch_size, rep.advance)
-        if ref_key and ref_engine.spec.startswith("torch"):
-            save_reference(ref_key, ref_logits)
+        if ref_engine.spec.startswith("torch"):
+            with ref_engine:
+                ref_logits = ref_engine.run(x_ref, batch_size, rep.advance)
+            if ref_key:
+                save_reference(ref_key, ref_logits)
+        else:  # the bundle's ONNX FP32 artifact: export evaluated it on the test split too
+            key = outputs_key(ref_engine, images, batch_size, run_spec or bundle.preprocess)
+            ref_out = run_cached(ref_engine, x_ref, batch_size, key, rep.advance, reuse=use_cache)
+            ref_logits = ref_out.logits
+            if ref_out.cached:
+                ref_note += " (its logits on these images from the cache export or parity filled)"
     results: dict[str, BackendResult] = {}
     others = [t for t in targets if t.key != ref_name]
     for i, t in enumerate(others, 1):
         rep.task(f"{i}/{len(others)} {t.key}", len(kept))  # one bar per backend: loading and every image show
         results[t.key] = evaluate_target(
-            t, bundle, bundle_dir, x, ref_logits, labels, sources, gate, batch_size, kept.origin, rep.advance
+            t,
+            bundle,
+            bundle_dir,
+            x,
+            ref_logits,
+            labels,
+            sources,
+            gate,
+            batch_size,
+            kept.origin,
+            rep.advance,
+            images=images,
+            reuse=use_cache,
         )
     if not results:
         raise EdgeftError(

@@ -56,6 +56,12 @@ def render_parity(report) -> None:
     console.say(f"images: {report.data}")
     if report.reference_note:
         console.say(f"reference: {report.reference_note}")
+    reused = sum(b.cached for b in report.backends.values())
+    if reused:
+        console.say(
+            f"reused {reused} artifact evaluation(s) from the cache (export or an earlier parity filled it); "
+            "--no-cache re-runs them"
+        )
     for key, why in report.skipped_backends.items():
         console.say(f"skipped {key}: {why}", "yellow")
     if report.skipped_images:
@@ -89,6 +95,12 @@ def parity(
         "auto", "--reference", help="auto (torch if available, else ONNX FP32), torch, onnx."
     ),
     batch_size: int = typer.Option(32, "--batch-size", help="Images per engine call."),
+    no_cache: bool = typer.Option(
+        False,
+        "--no-cache",
+        help="Run the reference and every engine again instead of reusing the logits export (or an earlier "
+        "parity) computed for the same files, settings and images.",
+    ),
 ) -> None:
     """Check that every exported backend x precision agrees with the reference model (exit 1 on a gate miss)."""
     from edgeft.check.parity import bundle_gate, run_parity
@@ -108,6 +120,7 @@ def parity(
             out,
             reference=reference,
             batch_size=batch_size,
+            use_cache=not no_cache,
             reporter=rep,
         )
     if target is None:

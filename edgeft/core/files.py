@@ -25,7 +25,7 @@ PARTIAL_TAG = ".partial-"
 
 
 def cache_root() -> Path:
-    """~/.cache/edgeft, or $EDGEFT_CACHE: features, calibration ranges, synthetic data, reference logits."""
+    """~/.cache/edgeft, or $EDGEFT_CACHE: features, calibration ranges, synthetic data, reference and artifact logits."""
     return Path(os.environ.get("EDGEFT_CACHE", Path.home() / ".cache" / "edgeft"))
 
 

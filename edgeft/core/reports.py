@@ -53,6 +53,7 @@ class BackendResult(Doc):
     artifact: str
     precision: str
     describe: str = ""
+    cached: bool = False  # its logits came from the cache (export or an earlier parity ran the same evaluation)
     comparison: Comparison | None = None
     gate: GateRecord
     error: str | None = None

@@ -8,6 +8,7 @@ Engine packages are imported inside `load()`: `import edgeft.engines` needs nump
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import os
@@ -43,6 +44,25 @@ def physical_cores() -> int:
 
         physical = psutil.cpu_count(logical=False)
     return max(1, min(allowed, physical or os.cpu_count() or 1))
+
+
+@functools.cache
+def installed_versions(distributions: tuple[str, ...], module: str) -> str:
+    """'dist==version' of the installed distributions that provide `module` (e.g. onnxruntime-gpu), read from
+    package metadata without importing the package; '' when none is installed."""
+    from importlib.metadata import PackageNotFoundError, packages_distributions, version
+
+    def found(names: tuple[str, ...] | list[str]) -> list[str]:
+        out = []
+        for name in names:
+            try:
+                out.append(f"{name}=={version(name)}")
+            except PackageNotFoundError:
+                continue
+        return out
+
+    # the usual names first; the full scan of installed distributions is slow and only needed for rare builds
+    return ",".join(found(distributions) or found(sorted(packages_distributions().get(module, []))))
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:
@@ -84,6 +104,7 @@ class Engine:
     formats: ClassVar[tuple[str, ...]] = ()
     default_device: ClassVar[str] = ""
     option_names: ClassVar[tuple[str, ...]] = ()
+    distributions: ClassVar[tuple[str, ...]] = ()  # pip names of the engine package (default: the engine name)
 
     def __init__(
         self,
@@ -153,6 +174,16 @@ class Engine:
 
     def used_options(self) -> dict[str, Any]:
         return dict(self.options)
+
+    @classmethod
+    def library_version(cls) -> str:
+        """The installed engine package as 'dist==version' (its version can change the outputs)."""
+        return installed_versions(cls.distributions or (cls.name,), cls.name)
+
+    def numerics(self) -> dict[str, Any]:
+        """Every setting, besides the model file, the device and the input, that can change this engine's outputs,
+        resolved (defaults filled in): cached outputs are keyed by it. Known before `load()`."""
+        return {"precision": self.precision}
 
     def model_files(self) -> list[Path]:
         return [self.model_path]

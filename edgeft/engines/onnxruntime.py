@@ -40,6 +40,7 @@ class OnnxRuntimeEngine(Engine):
     formats = ("onnx",)
     default_device = "cpu"
     option_names = ("threads", "spin", "trt_cache_dir")
+    distributions = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-directml")
 
     @classmethod
     def normalize_device(cls, device: str | None) -> str:
@@ -54,11 +55,18 @@ class OnnxRuntimeEngine(Engine):
         have = providers()
         return [d for d, p in ORT_PROVIDERS.items() if p in have]
 
+    def threads(self) -> int:
+        return int(self.options.get("threads") or physical_cores())
+
+    def numerics(self) -> dict[str, Any]:
+        # the thread count decides how work is split; spinning and the TensorRT cache dir change timing only
+        return {**super().numerics(), "threads": self.threads()}
+
     def session_options(self, ort: Any) -> Any:
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.intra_op_num_threads = int(self.options.get("threads") or physical_cores())
+        opts.intra_op_num_threads = self.threads()
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
         # Idle intra-op threads spin by default and steal the cores the decode threads need: off unless spin=True

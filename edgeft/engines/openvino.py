@@ -79,6 +79,26 @@ class OpenVinoEngine(Engine):
         found = list(_ov_devices())
         return [*found, "AUTO"] if found else []
 
+    def compile_config(self) -> dict[str, Any]:
+        """The compile settings that decide how the model computes (the model cache dir, which does not, is added
+        in `_load`)."""
+        hint = str(self.options.get("hint") or "THROUGHPUT").upper()
+        if hint not in OV_HINTS:
+            raise EdgeftError(f"unknown OpenVINO performance hint {hint!r}; use one of {OV_HINTS}", fix="fix --hint")
+        config: dict[str, Any] = {"PERFORMANCE_HINT": hint}
+        if self.options.get("threads"):
+            config["INFERENCE_NUM_THREADS"] = int(self.options["threads"])
+        if self.options.get("streams"):
+            config["NUM_STREAMS"] = str(self.options["streams"])
+        if self.device.split(".")[0] == "CPU" and self.precision in PINNED_PRECISION:
+            # CPUs with bf16/AMX units would otherwise silently run an "fp32" (or "fp16") model in bf16.
+            config["INFERENCE_PRECISION_HINT"] = PINNED_PRECISION[self.precision]
+        return config
+
+    def numerics(self) -> dict[str, Any]:
+        # the hint and stream count decide how a batch is split over parallel requests
+        return {**super().numerics(), **self.compile_config()}
+
     def _load(self) -> None:
         ov = import_engine("openvino", self.spec, "openvino")
         core = ov.Core()
@@ -89,17 +109,8 @@ class OpenVinoEngine(Engine):
                 f"OpenVINO device {self.device!r} is not available here; available devices: {available + ['AUTO']}",
                 fix="pick one of them, e.g. --backend openvino:CPU",
             )
-        hint = str(self.options.get("hint") or "THROUGHPUT").upper()
-        if hint not in OV_HINTS:
-            raise EdgeftError(f"unknown OpenVINO performance hint {hint!r}; use one of {OV_HINTS}", fix="fix --hint")
-        config: dict[str, Any] = {"PERFORMANCE_HINT": hint}
-        if self.options.get("threads"):
-            config["INFERENCE_NUM_THREADS"] = int(self.options["threads"])
-        if self.options.get("streams"):
-            config["NUM_STREAMS"] = str(self.options["streams"])
-        if base == "CPU" and self.precision in PINNED_PRECISION:
-            # CPUs with bf16/AMX units would otherwise silently run an "fp32" (or "fp16") model in bf16.
-            config["INFERENCE_PRECISION_HINT"] = PINNED_PRECISION[self.precision]
+        config = self.compile_config()
+        hint = config["PERFORMANCE_HINT"]
         if self.options.get("cache_dir"):
             config["CACHE_DIR"] = str(self.options["cache_dir"])
         try:

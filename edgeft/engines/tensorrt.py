@@ -110,6 +110,12 @@ class TensorRTEngine(Engine):
     formats = ("tensorrt",)
     default_device = ""
     option_names = ("fingerprint",)  # the plan's build fingerprint (bundle.json artifact info)
+    distributions = ("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt-cu12-bindings", "tensorrt-cu13-bindings")
+
+    @classmethod
+    def library_version(cls) -> str:
+        # JetPack installs TensorRT's Python module without pip metadata
+        return super().library_version() or f"tensorrt=={tensorrt_version() or ''}"
 
     @classmethod
     def is_installed(cls) -> bool:

@@ -13,7 +13,9 @@ import numpy as np
 
 from edgeft.check.comparator import compare
 from edgeft.check.gate import failed_to_run
+from edgeft.check.refcache import artifact_key, run_cached
 from edgeft.core.errors import EdgeftError
+from edgeft.core.hashing import sha256_file
 from edgeft.core.manifests import GateRecord
 from edgeft.core.reports import Comparison, ExportRow
 from edgeft.engines.base import Engine
@@ -81,13 +83,26 @@ def judge_logits(ctx: ExportContext, built: Built, logits: np.ndarray) -> Export
     return _row(ctx, built, j.gate.judge(built.precision, comparison, judged_on=j.evalset.origin), comparison)
 
 
+def outputs_key(ctx: ExportContext, built: Built, engine: Engine) -> str:
+    """The artifact-cache key of this artifact's engine on the judging images: `edgeft parity` finds the logits
+    under the same key (bundle.json records the same sha256s), and so does a re-export that wrote the same bytes."""
+    files = [ctx.work / f for f in built.files()]
+    if not all(f.is_file() for f in files):
+        return ""  # the engine reports the missing file
+    model, *extra = (sha256_file(f) for f in files)
+    return artifact_key(engine, model, extra, ctx.spec, ctx.judging.images, EVAL_BATCH)
+
+
 def judge(ctx: ExportContext, built: Built) -> ExportRow:
-    """Run the artifact on its engine and judge it; one that cannot load or run is rejected, not a crash."""
+    """Run the artifact on its engine and judge it; one that cannot load or run is rejected, not a crash.
+
+    Its logits go to the artifact cache (check/refcache.py), so `edgeft parity` does not run it again.
+    """
     j = ctx.judging
     ctx.step(f"judge {built.name} on {len(j.x)} {j.split} images", len(j.x))
     try:
-        with engine_for(ctx, built) as engine:
-            logits = engine.run(j.x, EVAL_BATCH, ctx.rep.advance)
+        engine = engine_for(ctx, built)
+        logits = run_cached(engine, j.x, EVAL_BATCH, outputs_key(ctx, built, engine), ctx.rep.advance).logits
     except EdgeftError as exc:
         return _row(ctx, built, failed_to_run(exc.message, j.evalset.origin))
     return judge_logits(ctx, built, logits)

@@ -205,3 +205,71 @@ def test_progress_covers_the_reference_pass_and_every_backend(tiny_bundle, tmp_p
         "2/2 openvino:CPU/openvino-fp32",
     ]
     assert all(total == n for _, total in rec.tasks) and all(done == n for done in rec.done.values())
+
+
+CPU_BACKENDS = ["onnxruntime:cpu", "openvino:CPU"]
+
+
+def test_cached_and_no_cache_parity_give_identical_comparisons_and_verdicts(tiny_bundle, tmp_path):
+    cached = run_parity(tiny_bundle, backends=CPU_BACKENDS, out=tmp_path / "a")
+    fresh = run_parity(tiny_bundle, backends=CPU_BACKENDS, out=tmp_path / "b", use_cache=False)
+    assert len(cached.backends) >= 4 and set(fresh.backends) == set(cached.backends)
+    assert all(b.cached for b in cached.backends.values()), "export judged every one of these on the test split"
+    assert not any(b.cached for b in fresh.backends.values())
+    assert "from the cache" in cached.reference_note and "cache" not in fresh.reference_note
+    for key, result in fresh.backends.items():
+        assert result.model_copy(update={"cached": True}) == cached.backends[key]  # comparison, gate, describe
+    assert (fresh.passed, fresh.failures()) == (cached.passed, cached.failures())
+    assert ParityReport.load(tmp_path / "a" / "parity.json").backends == cached.backends
+
+
+def test_cli_says_what_it_reused_and_no_cache_reruns_it(tiny_bundle, tmp_path):
+    args = ["parity", str(tiny_bundle), "--backends", "onnxruntime:cpu"]
+    cached = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "a")])
+    n = len(ParityReport.load(tmp_path / "a" / "parity.json").backends)
+    assert cached.exit_code == 0 and n >= 2, cached.output
+    assert f"reused {n} artifact evaluation(s) from the cache" in cached.stdout.replace("\n", " ")
+    fresh = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "b"), "--no-cache"])
+    assert fresh.exit_code == 0 and "artifact evaluation" not in fresh.stdout, fresh.output
+    report = ParityReport.load(tmp_path / "b" / "parity.json")
+    assert not any(b.cached for b in report.backends.values()) and "cache" not in report.reference_note
+
+
+def test_parity_right_after_export_runs_no_engine(tiny_run, tmp_path, monkeypatch):
+    import sys
+
+    from edgeft.engines.onnxruntime import OnnxRuntimeEngine
+    from edgeft.engines.openvino import OpenVinoEngine
+    from edgeft.engines.torch import TorchEngine
+    from edgeft.export.bundle import build_bundle
+
+    monkeypatch.setenv("EDGEFT_CACHE", str(tmp_path / "cache"))  # only this export fills it
+    bundle = build_bundle(tiny_run, tmp_path / "bundle", int8=False, formats=["onnx", "openvino"], min_n=10)
+    assert len(bundle.bundle.artifacts) >= 2
+
+    def no_engine(self, *args):
+        raise AssertionError(f"{self.describe()} ran")
+
+    for cls in (OnnxRuntimeEngine, OpenVinoEngine, TorchEngine):
+        monkeypatch.setattr(cls, "_load", no_engine)
+    report = run_parity(bundle.bundle_dir, out=tmp_path / "p")
+    assert report.passed and "from the cache" in report.reference_note
+    assert {b.artifact for b in report.backends.values()} == {a.name for a in bundle.bundle.artifacts}
+    assert all(b.cached and b.gate.passed for b in report.backends.values())
+    # without torch the reference is the bundle's ONNX FP32 artifact: export evaluated that one too
+    monkeypatch.setitem(sys.modules, "edgeft.models.classifier", None)
+    onnx_ref = run_parity(bundle.bundle_dir, out=tmp_path / "q")
+    assert onnx_ref.reference == "onnxruntime:cpu/onnx-fp32" and "from the cache" in onnx_ref.reference_note
+    assert onnx_ref.passed and all(b.cached for b in onnx_ref.backends.values())
+
+
+def test_an_artifact_changed_after_export_misses_the_cache(tiny_bundle, tmp_path):
+    bundle = _bundle_copy(tiny_bundle, tmp_path)
+    before = run_parity(bundle, out=tmp_path / "a", backends=["onnx-fp32"])
+    assert before.passed and before.backends["onnxruntime:cpu/onnx-fp32"].cached
+    _swap_classes_in_onnx(bundle, "onnx-fp32", 2, 3)  # new bytes (no other test makes these), new sha256
+    after = run_parity(bundle, out=tmp_path / "b", backends=["onnx-fp32"])
+    bad = after.backends["onnxruntime:cpu/onnx-fp32"]
+    assert not bad.cached and not bad.gate.passed and bad.comparison.n_flipped >= 6
+    classes = BundleManifest.load(bundle).classes
+    assert set(bad.comparison.flip_matrix) <= {classes[2], classes[3]}
