@@ -190,3 +190,23 @@ def test_serve_stream_opens_and_closes_everything_for_one_call(tiny_bundle, medi
         serve_stream(
             tiny_bundle, config.model_copy(update={"stream": StreamOptions(reconnect=True)}), source=str(media["video"])
         )
+
+
+def test_video_files_decode_on_one_thread_and_still_open_when_ffmpeg_cannot(tmp_path):
+    """FFmpeg's decoder threads would run beside the model on the same cores (the camera benchmark's p99
+    tripled); files are opened with one decoder thread, and a file FFmpeg refuses falls back to OpenCV's choice."""
+    from edgeft.serve.sources.base import VIDEO_DECODE_THREADS, default_open_capture
+
+    path = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"FFV1"), 30, (64, 48))
+    for i in range(3):
+        writer.write(np.full((48, 64, 3), 40 * i, np.uint8))
+    writer.release()
+    cap = default_open_capture(str(path))
+    try:
+        assert cap.isOpened() and cap.read()[0]
+        assert cap.get(cv2.CAP_PROP_N_THREADS) == VIDEO_DECODE_THREADS == 1
+    finally:
+        cap.release()
+    missing = default_open_capture(str(tmp_path / "absent.avi"))
+    assert not missing.isOpened()

@@ -46,6 +46,13 @@ def quiet_opencv() -> None:
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
 
+# FFmpeg decodes with one thread per core by default, and its threads decode the next frames while the model
+# runs on the same cores: on 2 cores that doubled the camera path's median latency and tripled its p99
+# (benchmarks/bench_serve_camera.py --decode-threads 0 vs 1). One decoder thread keeps up with 30 fps video
+# at camera resolutions and leaves the cores to the model.
+VIDEO_DECODE_THREADS = 1
+
+
 def default_open_capture(target: int | str) -> Capture:
     """Open a camera index, URL or file with OpenCV; URLs get open/read timeouts so a dead stream cannot hang."""
     quiet_opencv()
@@ -56,15 +63,17 @@ def default_open_capture(target: int | str) -> Capture:
         if cap.isOpened():
             cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # driver-side buffering adds lag; we keep our own newest frame
         return cap
+    params = [cv2.CAP_PROP_N_THREADS, VIDEO_DECODE_THREADS]
     if target.startswith(LIVE_SCHEMES):
-        params = [
+        params += [
             cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
             URL_OPEN_TIMEOUT_MS,
             cv2.CAP_PROP_READ_TIMEOUT_MSEC,
             URL_READ_TIMEOUT_MS,
         ]
         return cv2.VideoCapture(target, cv2.CAP_FFMPEG, params)
-    return cv2.VideoCapture(target)
+    cap = cv2.VideoCapture(target, cv2.CAP_FFMPEG, params)
+    return cap if cap.isOpened() else cv2.VideoCapture(target)  # a file only another backend reads
 
 
 def redact_url(url: str) -> str:
