@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator, model_validator
 
 from edgeft.core.errors import ImageDecodeError
 from edgeft.core.hashing import stable_hash
@@ -26,6 +26,7 @@ from edgeft.core.hashing import stable_hash
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
 CROPS = ("center", "squash")
 RESAMPLERS = ("pil", "opencv")
+_CHOICES = {"interpolation": INTERPOLATIONS, "crop": CROPS, "resampler": RESAMPLERS}
 
 _PIL_INTERP = {
     "nearest": Image.Resampling.NEAREST,
@@ -61,25 +62,12 @@ class PreprocessSpec(BaseModel):
     channel_order: str = "RGB"
     layout: str = "NCHW"
 
-    @field_validator("interpolation")
+    @field_validator("interpolation", "crop", "resampler")
     @classmethod
-    def _interp(cls, v: str) -> str:
-        if v not in INTERPOLATIONS:
-            raise ValueError(f"must be one of {INTERPOLATIONS}")
-        return v
-
-    @field_validator("crop")
-    @classmethod
-    def _crop(cls, v: str) -> str:
-        if v not in CROPS:
-            raise ValueError(f"must be one of {CROPS}")
-        return v
-
-    @field_validator("resampler")
-    @classmethod
-    def _resampler(cls, v: str) -> str:
-        if v not in RESAMPLERS:
-            raise ValueError(f"must be one of {RESAMPLERS}")
+    def _one_of(cls, v: str, info: ValidationInfo) -> str:
+        allowed = _CHOICES[info.field_name]
+        if v not in allowed:
+            raise ValueError(f"must be one of {allowed}")
         return v
 
     @field_validator("std")
