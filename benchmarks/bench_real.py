@@ -139,7 +139,8 @@ def print_report(r: dict) -> None:
     print(f"| LogisticRegression on train+val | {r['lr_train_val']:.4f} |")
     print(f"| LogisticRegression on train+val+calib | {r['lr_all_non_test']:.4f} |")
     print(
-        f"\nT = {cal['temperature']:.3f}; ECE test {cal['ece_test_before']:.4f} -> {cal['ece_test_after']:.4f}; "
+        f"\nT = {cal['temperature']:.3f}; ECE test {cal['ece_test_before']:.4f} -> {cal['ece_test_after']:.4f} "
+        f"(noise floor: a perfectly calibrated model reads {cal.get('ece_test_floor') or 0:.4f} on this many); "
         f"ECE calib {cal['ece_calib_before']:.4f} -> {cal['ece_calib_after']:.4f}; unknown below "
         f"{cal['unknown_threshold']:.3f} (test: {cal['test_unknown_share']:.1%} unknown, "
         f"accuracy of the rest {cal['test_accuracy_of_kept']:.4f})"

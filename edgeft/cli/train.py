@@ -150,11 +150,12 @@ def run_training(task: str, data: Path | None, **kw) -> None:
     console.labelled("Test accuracy", f"{test.accuracy:.4f}{note}  macro-F1 {test.f1_macro:.4f}  (n={test.n})")
     cal = result.metrics.calibration
     if cal:
-        thr = cal.get("unknown_threshold")
+        thr, floor = cal.get("unknown_threshold"), cal.get("ece_test_floor")
         console.labelled(
             "Calibration",
-            f"T={cal['temperature']:.3f}  ECE test {cal['ece_test_before']:.3f} -> {cal['ece_test_after']:.3f}  "
-            f"unknown below {'-' if thr is None else f'{thr:.3f}'}",
+            f"T={cal['temperature']:.3f}  ECE test {cal['ece_test_before']:.3f} -> {cal['ece_test_after']:.3f}"
+            + ("" if floor is None else f" (a perfectly calibrated model would read ~{floor:.3f} on {test.n})")
+            + f"  unknown below {'-' if thr is None else f'{thr:.3f}'}",
         )
     roles = result.metrics.images_per_role
     console.labelled(

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edgeft.core.numeric import softmax
-from edgeft.train.calibrate import calibrate, fit_temperature, reliability, unknown_threshold
+from edgeft.train.calibrate import calibrate, ece_noise_floor, fit_temperature, reliability, unknown_threshold
 
 
 def _overconfident(n: int, true_t: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -37,6 +37,23 @@ def test_ece_of_a_perfectly_calibrated_predictor_is_near_zero():
     labels = np.where(correct, 0, 1)
     assert reliability(probs, labels)[0] < 0.01
     assert reliability(probs, 1 - labels)[0] > 0.3  # the same confidences, always wrong
+
+
+def test_ece_noise_floor_is_what_perfect_calibration_reads_on_n_images():
+    """The floor matches ECE measured by `reliability` on labels drawn from the model's own confidences,
+    shrinks as n grows (roughly as 1/sqrt(n)), and is zero for certain answers."""
+    z, _ = _overconfident(200, 1.0, seed=4)
+    probs = softmax(z)
+    rng = np.random.default_rng(9)
+    drawn = [reliability(probs, np.array([rng.choice(5, p=row) for row in probs]))[0] for _ in range(300)]
+    assert ece_noise_floor(probs) == pytest.approx(float(np.mean(drawn)), abs=0.01)
+    assert 0.03 < ece_noise_floor(probs) < 0.2
+    many = np.tile(probs, (25, 1))  # the same confidences on 5,000 images
+    assert ece_noise_floor(many) < ece_noise_floor(probs) / 3
+    assert ece_noise_floor(np.eye(5)[[0, 1, 2, 3, 4] * 20]) == 0.0
+    assert ece_noise_floor(np.zeros((0, 5))) is None
+    out = calibrate(z, np.zeros(200, int), z, np.zeros(200, int))
+    assert out["ece_test_floor"] == pytest.approx(ece_noise_floor(softmax(z, out["temperature"])))
 
 
 def test_unknown_threshold_rejects_the_stated_share_of_correct_answers():
