@@ -101,9 +101,15 @@ def _pipelined(
     prepare: Callable[[Any, int], np.ndarray],
     batch_size: int,
     pool: ThreadPoolExecutor,
+    shape: tuple[int, ...],
+    shares: int,
     overlap: bool = True,
-) -> Iterator[tuple[list[tuple[int, Any]], list[np.ndarray | BaseException]]]:
-    """Yield ([(position, item)], prepared arrays or exceptions) per batch, each batch prepared by the pool.
+) -> Iterator[tuple[list[tuple[int, Any]], np.ndarray, dict[int, BaseException]]]:
+    """Yield ([(position, item)], batch array, {row: exception}) per batch, prepared by the pool's threads.
+
+    Each thread prepares a contiguous share of the batch straight into its rows of one array (no stacking
+    copy, one task per thread rather than one per image). A row whose input failed is left unset and its
+    exception reported instead: one bad input never sinks its batch.
 
     overlap=True prepares batch k+1 while the consumer runs batch k (an engine on another device, or one that
     leaves cores idle). overlap=False prepares a batch only after the previous one was consumed: a CPU engine
@@ -112,22 +118,32 @@ def _pipelined(
     """
     it = enumerate(items)
 
-    def submit() -> tuple[list[tuple[int, Any]], list[Future]]:
+    def submit() -> tuple[list[tuple[int, Any]], np.ndarray, list[Future]]:
         chunk = list(itertools.islice(it, batch_size))
-        return chunk, [pool.submit(prepare, item, i) for i, item in chunk]
+        out = np.empty((len(chunk), *shape), np.float32)
+
+        def fill(rows: range) -> dict[int, BaseException]:
+            failed: dict[int, BaseException] = {}
+            for j in rows:
+                i, item = chunk[j]
+                try:
+                    out[j] = prepare(item, i)
+                except Exception as exc:
+                    failed[j] = exc
+            return failed
+
+        step = -(-len(chunk) // max(1, shares)) if chunk else 1
+        return chunk, out, [pool.submit(fill, range(a, min(a + step, len(chunk)))) for a in range(0, len(chunk), step)]
 
     pending = submit()
     while pending[0]:
-        chunk, futures = pending
+        chunk, out, futures = pending
         if overlap:
             pending = submit()
-        prepared: list[np.ndarray | BaseException] = []
+        failed: dict[int, BaseException] = {}
         for fut in futures:
-            try:
-                prepared.append(fut.result())
-            except Exception as exc:  # one bad input must not sink its batch
-                prepared.append(exc)
-        yield chunk, prepared
+            failed.update(fut.result())
+        yield chunk, out, failed
         if not overlap:
             pending = submit()
 
@@ -311,15 +327,18 @@ class Predictor:
         def prepare(item: Item, i: int) -> np.ndarray:
             return prepare_item(item, self.spec, item_source(item, i), fast=self.fast_preprocess)
 
-        for chunk, prepared in _pipelined(items, prepare, self.batch_size, self._pool, self.overlap):
-            good = [j for j, x in enumerate(prepared) if isinstance(x, np.ndarray)]
+        s = self.spec.input_size
+        for chunk, batch, failed in _pipelined(
+            items, prepare, self.batch_size, self._pool, (3, s, s), self.workers, self.overlap
+        ):
+            good = [j for j in range(len(chunk)) if j not in failed]
             sources = [item_source(item, i) for i, item in chunk]
             rows: dict[int, Prediction] = {}
             if good:
-                logits = self.infer(np.stack([prepared[j] for j in good]))
+                logits = self.infer(batch if len(good) == len(chunk) else batch[good])
                 rows = dict(zip(good, self.predictions([sources[j] for j in good], logits), strict=True))
             for j, source in enumerate(sources):
-                yield rows[j] if j in rows else failed_prediction(source, prepared[j])  # type: ignore[arg-type]
+                yield rows[j] if j in rows else failed_prediction(source, failed[j])
 
     def batcher(
         self,
