@@ -106,7 +106,8 @@ def partial_name(target: Path) -> str:
 
 
 def clean_stale_partials(target: Path) -> list[Path]:
-    """Remove hidden `.NAME.partial-PID-*` siblings left by a killed process (never a live one's)."""
+    """Remove hidden `.NAME.partial-PID-*` siblings (directories or files) left by a killed process (never a
+    live one's)."""
     removed = []
     prefix = f".{target.name}{PARTIAL_TAG}"
     if not target.parent.is_dir():
@@ -116,7 +117,10 @@ def clean_stale_partials(target: Path) -> list[Path]:
             continue
         pid_text = p.name[len(prefix) :].split("-", 1)[0]
         if pid_text.isdigit() and not _pid_alive(int(pid_text)):
-            shutil.rmtree(p, ignore_errors=True)
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
             removed.append(p)
     return removed
 

@@ -14,6 +14,7 @@ from typing import IO, Any
 import numpy as np
 
 from edgeft.core.errors import EdgeftError
+from edgeft.core.files import clean_stale_partials, partial_name
 from edgeft.serve.schema import FrameRecord
 from edgeft.serve.sources import Frame
 
@@ -207,7 +208,10 @@ class AnnotatedSaver:
         self.dir = path.parent
         self.as_video = True
         self.video_path = path
-        self._partial = path.with_name(f".{path.stem}.partial{path.suffix}")
+        clean_stale_partials(path)  # a killed earlier --save of this file
+        # hidden, named like every partial output (core.files), ending in the real suffix: OpenCV picks the
+        # container by it
+        self._partial = path.with_name(f"{partial_name(path)}{path.suffix}")
 
     def write(self, frame: Frame, record: FrameRecord) -> None:
         import cv2

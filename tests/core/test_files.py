@@ -53,3 +53,20 @@ def test_a_killed_writers_partial_dir_is_cleaned_but_a_live_ones_is_not(tmp_path
     live.mkdir()
     removed = clean_stale_partials(tmp_path / "bundle")
     assert removed == [stale] and not stale.exists() and live.exists()
+
+
+def test_a_killed_writers_partial_file_is_cleaned_too_and_a_symlink_only_unlinked(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = dead.stdout.strip()
+    stale = tmp_path / f".out.mp4.partial-{pid}-.mp4"
+    stale.write_bytes(b"half a video")
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    (keep / "data.bin").write_bytes(b"x")
+    link = tmp_path / f".out.mp4.partial-{pid}-link"
+    link.symlink_to(keep, target_is_directory=True)
+    live = tmp_path / f".out.mp4.partial-{os.getpid()}-.mp4"
+    live.write_bytes(b"being written")
+    removed = clean_stale_partials(tmp_path / "out.mp4")
+    assert sorted(removed) == sorted([stale, link]) and not stale.exists() and not link.exists()
+    assert live.exists() and (keep / "data.bin").read_bytes() == b"x", "a link is removed, never what it points to"

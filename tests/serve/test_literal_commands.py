@@ -163,3 +163,18 @@ def test_jsonl_may_go_to_a_device_but_never_over_a_directory(tiny_bundle, video,
     assert CliRunner().invoke(app, [*base, "--jsonl", os.devnull]).exit_code == 0
     refused = CliRunner().invoke(app, [*base, "--jsonl", str(tmp_path)])
     assert refused.exit_code == 2 and "--jsonl would overwrite" in refused.stderr
+
+
+def test_save_cleans_a_killed_runs_partial_video_and_names_its_own_like_every_partial(tiny_bundle, video, tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    out = tmp_path / "annotated.avi"
+    stale = tmp_path / f".annotated.avi.partial-{dead.stdout.strip()}-.avi"
+    stale.write_bytes(b"a killed run's half video")
+    args = ["serve", str(tiny_bundle), "--source", str(video), "--save", str(out), "--status-every", "0"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert out.is_file() and len(decode_video(out)) == 6
+    assert not stale.exists() and not list(tmp_path.glob(".*partial*"))
