@@ -29,7 +29,7 @@ from edgeft.core.files import cache_root, staged_dir, write_json_atomic
 from edgeft.core.hashing import stable_hash
 from edgeft.core.manifests import BackboneInfo, Calibrated, HeadConfig, ModelManifest, SplitsDoc, WeightsInfo
 from edgeft.core.numeric import softmax
-from edgeft.core.preprocess import PreprocessSpec
+from edgeft.core.preprocess import RESAMPLERS, PreprocessSpec
 from edgeft.core.progress import Reporter, or_silent
 from edgeft.core.reports import MetricsDoc
 from edgeft.data.layouts import Dataset, load_dataset
@@ -95,6 +95,27 @@ class TrainConfig:
     augment: str = "none"
     synth_per_class: int = SYNTH_PER_CLASS
     workers: int = 2
+
+    def __post_init__(self) -> None:
+        """Refuse values no training can use, in the words of the command line (the library checks, not only
+        the CLI)."""
+        choices = {
+            "head": ("auto", "linear", "mlp"),
+            "crop": ("auto", "center", "squash"),
+            "resampler": RESAMPLERS,
+            "augment": ("hflip", "none"),
+        }
+        for name, allowed in choices.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                flag = f"--{name}"
+                raise EdgeftError(
+                    f"{flag} {value!r} is not one of {', '.join(allowed)}", fix=f"use {flag} {allowed[0]}"
+                )
+        if self.epochs < 1 or self.finetune_epochs < 0:
+            raise EdgeftError("--epochs must be >= 1 and --finetune-epochs >= 0", fix="pass positive epoch counts")
+        if not 0.0 <= self.false_reject_rate < 1.0:
+            raise EdgeftError("--false-reject-rate must be in [0, 1)", fix="e.g. --false-reject-rate 0.05")
 
     def record(self) -> dict:
         """JSON-ready hyper-parameters for model.json and args.json."""

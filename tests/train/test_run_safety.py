@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 
 import edgeft
+from edgeft.core.errors import EdgeftError
 from edgeft.core.hashing import sha256_file
 from edgeft.core.manifests import ModelManifest
+from edgeft.train.run import TrainConfig
 
 pytestmark = pytest.mark.slow
 
@@ -68,3 +70,13 @@ def test_failed_retrain_while_writing_leaves_no_partial_and_the_old_run(
     assert _snapshot(run) == before
     # the staged sibling was removed; the checkpoint of the interrupted training stays for --resume
     assert sorted(p.name for p in run.parent.iterdir()) == [".tiny.resume", "tiny"]
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("head", "svm"), ("crop", "zoom"), ("resampler", "simd"), ("augment", "rot90"), ("epochs", 0)],
+)
+def test_the_library_refuses_options_no_training_can_use(option, value):
+    """TrainConfig checks its own values: code that builds one without the CLI gets the same clear error."""
+    with pytest.raises(EdgeftError, match=f"--{option.replace('_', '-')}"):
+        TrainConfig(**{option: value})
