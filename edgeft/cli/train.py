@@ -93,9 +93,10 @@ OPTIONS = {
         "auto", "--crop", help="auto (squash wide images, else the backbone's rule) | center | squash."
     ),
     "resampler": typer.Option(
-        "opencv",
+        "auto",
         "--resampler",
-        help="opencv (bit-exact on every platform, fast) | pil (torchvision's filter, about 10x the cost).",
+        help="auto (opencv; with --init, that run's) | opencv (bit-exact on every platform, fast) | pil "
+        "(torchvision's filter, several times the cost).",
     ),
     "augment": typer.Option(
         "none", "--augment", help="Cached views the head also learns from: none | hflip (mirrored train/val)."

@@ -86,6 +86,9 @@ def _unpack(packed: tuple[str, str | None, str | None, int]) -> PeerError:
     return PeerError(message, path=path, fix=fix, exit_code=code)
 
 
+_TRANSPORT_ERRORS = ("gloo", "Connection reset", "Connection closed", "Broken pipe", "Timed out", "timed out")
+
+
 @dataclass
 class Dist:
     """This process's place in the training; Dist() is the single process."""
@@ -118,12 +121,29 @@ class Dist:
         try:
             return fn()
         except (tdist.DistError, RuntimeError) as exc:
-            first = _first_line(exc)
-            raise EdgeftError(
-                f"rank {self.rank}: lost the other ranks during {what} ({first})",
-                fix="another rank failed or was stopped (its message is above), or took longer than "
-                f"{TIMEOUT_ENV}={timeout_s():.0f} s; fix that and run again",
-            ) from None
+            raise self._lost(what, exc) from None
+
+    def _lost(self, what: str, exc: BaseException) -> EdgeftError:
+        return EdgeftError(
+            f"rank {self.rank}: lost the other ranks during {what} ({_first_line(exc)})",
+            fix="another rank failed or was stopped (its message is above), or took longer than "
+            f"{TIMEOUT_ENV}={timeout_s():.0f} s; fix that and run again",
+        )
+
+    def guarded(self, what: str, fn: Callable[[], T]) -> T:
+        """Run work that holds collectives inside it (DDP's gradient all-reduce, a broadcast of the best
+        weights): a lost rank or a timeout there is the same one clear error as in `gather`, while any other
+        failure of fn stays itself."""
+        if not self.active:
+            return fn()
+        try:
+            return fn()
+        except tdist.DistError as exc:
+            raise self._lost(what, exc) from None
+        except RuntimeError as exc:
+            if not any(mark in str(exc) for mark in _TRANSPORT_ERRORS):
+                raise
+            raise self._lost(what, exc) from None
 
     def gather(self, obj: T) -> list[T]:
         """obj of every rank, in rank order."""

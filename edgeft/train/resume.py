@@ -147,11 +147,14 @@ def _lock(path: Path) -> int | None:
 
 
 def _has_steps(state: Path) -> bool:
-    """Whether a checkpoint holds training progress (an unreadable one counts: never deleted unasked)."""
+    """Whether a checkpoint holds training progress (an unreadable one counts: never deleted unasked). Without
+    its state.json (a training killed between creating the directory and writing it) nothing can be resumed."""
+    if not state.exists():
+        return False
     try:
         return bool(json.loads(state.read_text()).get("entries"))
     except (OSError, ValueError, AttributeError):
-        return state.exists() or state.parent.exists()
+        return True
 
 
 class Slot:
@@ -203,7 +206,14 @@ class Checkpoint:
             _unlock(lock)
             raise
         _unlock(lock)
-        path.mkdir(parents=True)
+        try:
+            path.mkdir(parents=True)
+        except FileExistsError:
+            raise EdgeftError(
+                "another `edgeft train` of this run name started at the same moment",
+                path=path,
+                fix="wait for it to finish, or pick another --name",
+            ) from None
         os.chmod(path, DIR_MODE)
         lock = _lock(path)
         doc = ResumeDoc(config=config)
@@ -303,7 +313,7 @@ class Checkpoint:
         seq = self.doc.seq + 1
         every = {k: v.detach().cpu().contiguous().clone() for k, v in (tensors or {}).items()} | rng_tensors
         name = f"{seq:06d}-{key}.safetensors"
-        write_bytes_atomic(self.path / name, save(every), durable=False)  # state.json, written next, is durable
+        write_bytes_atomic(self.path / name, save(every))  # durable before state.json names it
         entries = {k: e for k, e in self.doc.entries.items() if not _dropped(k, drop)}
         entries[key] = ResumeEntry(seq=seq, meta=meta, tensors=name, rng=rng)
         self.doc.entries = entries

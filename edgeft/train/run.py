@@ -91,7 +91,7 @@ class TrainConfig:
     refit: bool = True
     false_reject_rate: float = 0.05
     crop: str = "auto"
-    resampler: str = "opencv"
+    resampler: str = "auto"
     augment: str = "none"
     synth_per_class: int = SYNTH_PER_CLASS
     workers: int = 2
@@ -102,7 +102,7 @@ class TrainConfig:
         choices = {
             "head": ("auto", "linear", "mlp"),
             "crop": ("auto", "center", "squash"),
-            "resampler": RESAMPLERS,
+            "resampler": ("auto", *RESAMPLERS),
             "augment": ("hflip", "none"),
         }
         for name, allowed in choices.items():
@@ -261,9 +261,9 @@ def _with_preprocess(bb: Backbone, cfg: TrainConfig, ds: Dataset, rep: Reporter)
     """The run's preprocessing: the backbone's own, with the crop rule and the resampler chosen here.
 
     Crop: the backbone's rule, or squash for wide images (video crops of a whole fish lose head and tail to a
-    centre square). Resampler: "opencv" (default; bit-exact on every platform and about ten times cheaper
-    than Pillow's filter, see core.preprocess) resizes bilinearly; "pil" keeps the backbone's torchvision
-    numerics. Recorded in model.json like every other setting.
+    centre square). Resampler: "opencv" (bit-exact on every platform and several times cheaper than Pillow's
+    filter, see core.preprocess) resizes bilinearly; "pil" keeps the backbone's torchvision numerics; "auto"
+    (default) is opencv for a new run and the --init run's own for a transfer. Recorded in model.json.
     """
     crop = cfg.crop
     if crop == "auto":
@@ -271,8 +271,11 @@ def _with_preprocess(bb: Backbone, cfg: TrainConfig, ds: Dataset, rep: Reporter)
         crop = "squash" if ratio >= WIDE and cfg.init is None else bb.preprocess.crop
         if crop != bb.preprocess.crop:
             rep.note(f"images are wide (median side ratio {ratio:.2f}): preprocessing squashes instead of cropping")
-    update: dict = {"crop": crop, "resampler": cfg.resampler}
-    if cfg.resampler == "opencv" and bb.preprocess.interpolation not in ("bilinear", "nearest"):
+    resampler = cfg.resampler
+    if resampler == "auto":  # a transferred run keeps the numerics its backbone was tuned on
+        resampler = bb.preprocess.resampler if cfg.init is not None else "opencv"
+    update: dict = {"crop": crop, "resampler": resampler}
+    if resampler == "opencv" and bb.preprocess.interpolation not in ("bilinear", "nearest"):
         update["interpolation"] = "bilinear"
     spec = PreprocessSpec(**{**bb.preprocess.model_dump(), **update})
     return bb if spec == bb.preprocess else dataclasses.replace(bb, preprocess=spec)
@@ -349,7 +352,10 @@ def _image_phase(cfg, model, params, data, fit_cfg, rep, name: str, ck: Checkpoi
     tl, vl = image_loaders(paths, labels, model.spec, fit_cfg.batch_size, cfg.seed, dist.rank, dist.world)
     rep.task(name, fit_cfg.epochs)
     net = dist.parallel(model)
-    hist = fit(net, tl, vl, params, fit_cfg, on_epoch=_epoch_reporter(rep), resume=ck.slot(f"fit.{stage}"))
+    hist = dist.guarded(
+        "fine-tuning",
+        lambda: fit(net, tl, vl, params, fit_cfg, on_epoch=_epoch_reporter(rep), resume=ck.slot(f"fit.{stage}")),
+    )
     phase = {"history": hist.epochs, "best_epoch": hist.best_epoch, "stopped_early": hist.stopped_early}
     ck.put(stage, phase, model.state_dict(), drop=[f"fit.{stage}"])
     return phase

@@ -181,3 +181,26 @@ def test_a_refused_run_under_torchrun_is_one_message(tiny_run, colour_tree, tmp_
     assert text.count("a run with this name already exists") == 1  # rank 0 says it; rank 1 ends quietly
     assert "exitcode : 2" in text  # both ranks exit with edgeft's usage code (torchrun's own summary)
     assert {p.name: sha256_file(p) for p in run.iterdir() if p.is_file()} == before
+
+
+def test_a_lost_rank_inside_fine_tuning_is_one_clear_error_and_other_failures_stay_themselves():
+    """DDP's gradient all-reduce and the best-weights broadcast run inside fit(): a transport failure there
+    reads like one in an exchange, not a gloo traceback; a bug in the work itself is not disguised."""
+    from edgeft.core.errors import EdgeftError
+    from edgeft.train.distributed import Dist
+
+    dist = Dist(rank=0, world=2)
+
+    def lost():
+        raise RuntimeError("[gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:29500: Connection reset by peer")
+
+    def bug():
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (8x3 and 4x2)")
+
+    with pytest.raises(EdgeftError, match="rank 0: lost the other ranks during fine-tuning"):
+        dist.guarded("fine-tuning", lost)
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        dist.guarded("fine-tuning", bug)
+    assert Dist().guarded("fine-tuning", lambda: 7) == 7
+    with pytest.raises(RuntimeError, match="Connection reset"):
+        Dist().guarded("fine-tuning", lost)  # a single process has no ranks to lose

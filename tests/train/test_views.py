@@ -36,6 +36,11 @@ def test_the_resampler_is_the_runs_choice_and_opencv_resizes_bilinearly():
     assert (default.resampler, default.interpolation) == ("opencv", "bilinear")
     pil = _with_preprocess(bb, TrainConfig(resampler="pil"), _ds(256, 256), Reporter()).preprocess
     assert (pil.resampler, pil.interpolation) == ("pil", "bicubic")
+    # a transfer (--init) of a run made with pil keeps pil unless told otherwise
+    transfer = _with_preprocess(bb, TrainConfig(init=Path("runs/fish/old")), _ds(256, 256), Reporter()).preprocess
+    assert (transfer.resampler, transfer.interpolation) == ("pil", "bicubic")
+    told = _with_preprocess(bb, TrainConfig(init=Path("r"), resampler="opencv"), _ds(256, 256), Reporter())
+    assert told.preprocess.resampler == "opencv"
 
 
 def test_mirrored_view_is_the_mirrored_image_and_cached_under_its_own_key(tmp_path):
