@@ -153,6 +153,11 @@ class Engine:
     def normalize_device(cls, device: str | None) -> str:
         return device or cls.default_device
 
+    def computes_on_cpu(self) -> bool:
+        """Whether inference runs on this machine's CPU cores (then decoding must not overlap it; see
+        serve/predictor.py). TensorRT and any GPU/NPU device say no."""
+        return self.device.split(":")[0].split(".")[0].lower() == "cpu"
+
     @classmethod
     def default_options(cls, batch_size: int) -> dict[str, Any]:
         """Options suited to a batch size (OpenVINO: LATENCY hint for single images, THROUGHPUT otherwise)."""

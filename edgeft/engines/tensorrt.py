@@ -109,6 +109,10 @@ class TensorRTEngine(Engine):
     name = "tensorrt"
     formats = ("tensorrt",)
     default_device = ""
+
+    def computes_on_cpu(self) -> bool:
+        return False
+
     option_names = ("fingerprint",)  # the plan's build fingerprint (bundle.json artifact info)
     distributions = ("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt-cu12-bindings", "tensorrt-cu13-bindings")
 

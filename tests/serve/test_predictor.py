@@ -200,3 +200,21 @@ def test_decoding_overlaps_inference_only_off_the_cpu(predictor, test_images, ov
 
 def test_cpu_engines_do_not_overlap_decoding(predictor):
     assert predictor.engine.device.lower().startswith("cpu") and predictor.overlap is False
+
+
+def test_only_engines_on_the_cpu_stop_decoding_from_overlapping(tmp_path):
+    """TensorRT and GPU devices keep the next batch decoding while they run; CPU engines do not."""
+    from edgeft.engines.onnxruntime import OnnxRuntimeEngine
+    from edgeft.engines.openvino import OpenVinoEngine
+    from edgeft.engines.tensorrt import TensorRTEngine
+    from edgeft.serve.predictor import on_cpu
+
+    model = tmp_path / "m.onnx"
+    cases = [
+        (OnnxRuntimeEngine(model), True),
+        (OnnxRuntimeEngine(model, device="cuda"), False),
+        (OpenVinoEngine(model), True),
+        (OpenVinoEngine(model, device="GPU"), False),
+        (TensorRTEngine(model), False),
+    ]
+    assert [on_cpu(engine) for engine, _ in cases] == [want for _, want in cases]
