@@ -227,6 +227,8 @@ def normalize(rgb_uint8: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     straight into its plane of the output (bit-identical to the formula, about half numpy's cost)."""
     import cv2
 
+    if rgb_uint8.ndim != 3 or rgb_uint8.shape[2] != 3 or rgb_uint8.dtype != np.uint8:
+        raise ValueError(f"normalize takes HxWx3 uint8 RGB, not {rgb_uint8.dtype} {rgb_uint8.shape}")
     tables = _normalize_table(tuple(spec.mean), tuple(spec.std))
     out = np.empty((3, *rgb_uint8.shape[:2]), np.float32)
     for c, plane in enumerate(cv2.split(np.ascontiguousarray(rgb_uint8))):
@@ -308,6 +310,12 @@ def preprocess(img: Image.Image | np.ndarray, spec: PreprocessSpec, fast: bool =
     fast: the measured faster Pillow resampling of `resize_crop` (resampler="pil" only; "opencv" is already
     fast and exact).
     """
+    if isinstance(img, np.ndarray) and (img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8):
+        raise ImageDecodeError(
+            f"array of shape {img.shape} and dtype {img.dtype} is not an HxWx3 uint8 RGB image",
+            reason="unsupported_array",
+            path="<array>",
+        )
     if spec.resampler == "opencv":
         if isinstance(img, np.ndarray):
             return normalize(resize_crop_array(img, spec), spec)

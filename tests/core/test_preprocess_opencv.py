@@ -83,3 +83,22 @@ def test_files_images_and_frames_give_the_same_tensor():
     assert from_file.shape == (3, 224, 224) and from_file.dtype == np.float32
     assert np.array_equal(from_file, from_frame) and np.array_equal(from_frame, from_strided)
     assert not np.array_equal(from_frame, preprocess(img, OPENCV.model_copy(update={"resampler": "pil"})))
+
+
+@pytest.mark.parametrize("resampler", ["opencv", "pil"])
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.full((40, 40), 128, np.uint8),
+        np.zeros((40, 40, 1), np.uint8),
+        np.zeros((40, 40, 4), np.uint8),
+        np.zeros((40, 40, 3), np.float32),
+    ],
+    ids=["grey", "one-channel", "rgba", "float"],
+)
+def test_arrays_that_are_not_rgb_uint8_are_refused_not_read_as_garbage(array, resampler):
+    from edgeft.core.errors import ImageDecodeError
+
+    spec = OPENCV if resampler == "opencv" else OPENCV.model_copy(update={"resampler": "pil"})
+    with pytest.raises(ImageDecodeError, match="HxWx3 uint8"):
+        preprocess(array, spec)
