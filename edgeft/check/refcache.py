@@ -36,11 +36,21 @@ REFCACHE_VERSION = 1
 ARTIFACT_CACHE_VERSION = 1
 
 
-def _torch_version() -> str:
+def _version(package: str) -> str:
     try:
-        return version("torch")
+        return version(package)
     except PackageNotFoundError:
         return ""
+
+
+def _torch_version() -> str:
+    return _version("torch")
+
+
+def _decoders() -> dict[str, str]:
+    """The libraries that turn image files into model inputs (decoding, resampling): another version may give
+    other pixels, so cached logits are keyed by them."""
+    return {p: _version(p) for p in ("pillow", "opencv-python", "opencv-python-headless", "numpy")}
 
 
 def image_hashes(paths: Sequence[Path]) -> list[str]:
@@ -59,6 +69,7 @@ def reference_key(weights_sha256: str, spec: PreprocessSpec, images: Sequence[st
             "reference": reference,
             "edgeft": __version__,
             "torch": _torch_version(),
+            "decoders": _decoders(),
         }
     )
 
@@ -109,6 +120,7 @@ def artifact_key(
             "images": list(images),
             "cpu": _cpu(),
             "edgeft": __version__,
+            "decoders": _decoders(),
         }
     )
 

@@ -84,6 +84,21 @@ def test_engine_settings_device_and_library_version_change_the_key(monkeypatch):
     assert _key(_ov()) != base
 
 
+def test_another_pillow_or_opencv_changes_artifact_and_reference_keys(monkeypatch):
+    """Decoding and resampling libraries decide the pixels the engines see: a new version is a new key."""
+    from edgeft.check import refcache
+
+    base, ref = _key(_ov()), refcache.reference_key("w" * 64, PreprocessSpec(), IMAGES, "torch")
+    for package in ("pillow", "opencv-python"):
+        real = refcache._version
+        monkeypatch.setattr(
+            refcache, "_version", lambda p, real=real, package=package: "0" if p == package else real(p)
+        )
+        assert _key(_ov()) != base
+        assert refcache.reference_key("w" * 64, PreprocessSpec(), IMAGES, "torch") != ref
+        monkeypatch.undo()
+
+
 def test_an_artifact_without_a_recorded_sha256_is_never_cached():
     assert _key(_ov(), model_sha256="") == ""
 
