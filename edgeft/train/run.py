@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import platform
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,19 +24,17 @@ from torch.utils.data import DataLoader
 
 import edgeft
 from edgeft.core.errors import EdgeftError
-from edgeft.core.files import cache_root, staged_dir, write_json_atomic
+from edgeft.core.files import staged_dir, write_json_atomic
 from edgeft.core.hashing import stable_hash
 from edgeft.core.manifests import BackboneInfo, Calibrated, HeadConfig, ModelManifest, SplitsDoc, WeightsInfo
 from edgeft.core.numeric import softmax
-from edgeft.core.preprocess import RESAMPLERS, PreprocessSpec
 from edgeft.core.progress import Reporter, or_silent
 from edgeft.core.reports import MetricsDoc
-from edgeft.data.layouts import Dataset, load_dataset
-from edgeft.data.splits import SplitFractions, assign_splits, splits_doc
-from edgeft.data.synth import DEFAULT_PER_CLASS
-from edgeft.models.backbones import DEFAULT_BACKBONE, Backbone, create_backbone, weights_digest
-from edgeft.models.classifier import Classifier, load_run, save_weights
+from edgeft.data.layouts import Dataset
+from edgeft.models.backbones import Backbone, weights_digest
+from edgeft.models.classifier import Classifier, save_weights
 from edgeft.train.calibrate import calibrate, plot_reliability
+from edgeft.train.config import TrainConfig, TrainResult, next_run_dir
 from edgeft.train.distributed import Dist, from_env
 from edgeft.train.features import FeatureExtractor
 from edgeft.train.fit import (
@@ -51,234 +48,11 @@ from edgeft.train.fit import (
     unfreeze_top_blocks,
 )
 from edgeft.train.head import HeadChoice, head_candidates, select_and_refit
+from edgeft.train.inputs import Split, backbone_for, scan_and_split, split_of, with_preprocess
 from edgeft.train.metrics import classification_metrics, plot_confusion, plot_curves, plot_prediction_grid
-from edgeft.train.resume import Checkpoint, has_checkpoint, resume_dir
+from edgeft.train.resume import Checkpoint, resume_dir
 
-SYNTH_PER_CLASS = DEFAULT_PER_CLASS
 ROLES = ("train", "val", "calib", "test")
-
-
-@dataclass
-class TrainConfig:
-    """Every training option, defined once: the CLI builds it, the run dir records it."""
-
-    task: str = "fish"
-    data: Path | None = None
-    species: list[str] | None = None
-    init: Path | None = None
-    backbone: str = DEFAULT_BACKBONE
-    backbone_weights: Path | None = None
-    epochs: int = 40
-    finetune_epochs: int = 0
-    finetune_blocks: int = 2
-    lr: float = 3e-3
-    finetune_lr: float = 1e-4
-    batch_size: int = 64
-    hidden: tuple[int, ...] = (256,)
-    dropout: float = 0.3
-    patience: int = 8
-    seed: int = 0
-    out: Path = Path("runs")
-    name: str | None = None
-    overwrite: bool = False
-    resume: bool = False
-    device: str = "auto"
-    fractions: SplitFractions = field(default_factory=SplitFractions)
-    group_regex: str | None = None
-    grouping: str = "auto"
-    head: str = "auto"
-    weight_decay: float = 1e-4
-    refit: bool = True
-    false_reject_rate: float = 0.05
-    crop: str = "auto"
-    resampler: str = "auto"
-    augment: str = "none"
-    synth_per_class: int = SYNTH_PER_CLASS
-    workers: int = 2
-
-    def __post_init__(self) -> None:
-        """Refuse values no training can use, in the words of the command line (the library checks, not only
-        the CLI)."""
-        choices = {
-            "head": ("auto", "linear", "mlp"),
-            "crop": ("auto", "center", "squash"),
-            "resampler": ("auto", *RESAMPLERS),
-            "augment": ("hflip", "none"),
-        }
-        for name, allowed in choices.items():
-            value = getattr(self, name)
-            if value not in allowed:
-                flag = f"--{name}"
-                raise EdgeftError(
-                    f"{flag} {value!r} is not one of {', '.join(allowed)}", fix=f"use {flag} {allowed[0]}"
-                )
-        if self.epochs < 1 or self.finetune_epochs < 0:
-            raise EdgeftError("--epochs must be >= 1 and --finetune-epochs >= 0", fix="pass positive epoch counts")
-        if not 0.0 <= self.false_reject_rate < 1.0:
-            raise EdgeftError("--false-reject-rate must be in [0, 1)", fix="e.g. --false-reject-rate 0.05")
-
-    def record(self) -> dict:
-        """JSON-ready hyper-parameters for model.json and args.json."""
-        d = asdict(self)
-        return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
-
-
-@dataclass
-class TrainResult:
-    """metrics is None on the ranks other than 0 of a multi-process training (rank 0 writes the run)."""
-
-    run_dir: Path
-    metrics: MetricsDoc | None
-    synthetic: bool
-
-
-@dataclass
-class Split:
-    """One split's images: paths, label indices and content hashes, in a fixed order."""
-
-    paths: list[Path]
-    labels: np.ndarray
-    shas: list[str]
-
-
-def next_run_dir(out: Path, task: str, name: str | None, overwrite: bool, resume: bool = False) -> Path:
-    """runs/<task>/<name>; without a name, exp, exp2, exp3, ... like other training tools (a name whose
-    interrupted training left a checkpoint counts as taken)."""
-    base = out / task
-    if resume and not name:
-        raise EdgeftError(
-            "--resume needs the --name of the interrupted run", fix="pass --name NAME with the interrupted run's name"
-        )
-    if name:
-        target = base / name
-        if target.exists() and not overwrite:
-            raise EdgeftError(
-                "a run with this name already exists; it is left untouched",
-                path=target,
-                fix="pick another --name, or pass --overwrite to replace it once the new run is complete",
-            )
-        return target
-    i = 1
-    while (base / (n := "exp" if i == 1 else f"exp{i}")).exists() or has_checkpoint(base / n):
-        i += 1
-    return base / ("exp" if i == 1 else f"exp{i}")
-
-
-def synthetic_fish(seed: int, per_class: int, rep: Reporter) -> Path:
-    """Generate (once, cached) the embedded synthetic fish dataset in the Kaggle layout."""
-    from edgeft.data.synth import generate_dataset
-
-    target = cache_root() / "synth" / f"fish-s{seed}-n{per_class}"
-    marker = target / ".complete"
-    if not marker.is_file():
-        rep.note(f"generating the SYNTHETIC fish dataset ({per_class} images/class, seed {seed}) in {target}")
-        rep.task("synth", None)
-        generate_dataset(target, per_class=per_class, seed=seed, progress=rep.update)
-        marker.write_text("ok\n")
-    return target
-
-
-def _split(ds: Dataset, assignment: dict[str, str], split: str) -> Split:
-    index = {c: i for i, c in enumerate(ds.classes)}
-    recs = sorted((r for r in ds.records if assignment[r.path] == split), key=lambda r: (r.label, r.path))
-    return Split(
-        [ds.abspath(r) for r in recs], np.array([index[r.label] for r in recs], np.int64), [r.sha256 for r in recs]
-    )
-
-
-def _backbone(cfg: TrainConfig) -> tuple[Backbone, str | None]:
-    if cfg.init is None:
-        return create_backbone(cfg.backbone, cfg.backbone_weights), None
-    prev, man = load_run(cfg.init)
-    bb = Backbone(
-        id=man.backbone.id,
-        arch=man.backbone.arch,
-        module=prev.backbone,
-        feature_dim=man.backbone.feature_dim,
-        preprocess=man.preprocess,
-        source=f"run:{Path(cfg.init).resolve()}",
-        blocks=[],
-        pretrained=True,
-    )
-    return bb, str(Path(cfg.init).resolve())
-
-
-def _scan_and_split(cfg: TrainConfig, rep: Reporter) -> tuple[Dataset, SplitsDoc, bool]:
-    synthetic = cfg.data is None
-    if synthetic:
-        if cfg.task != "fish":
-            raise EdgeftError(
-                "`edgeft train folder` needs --data DIR", fix="pass --data pointing at a class-per-folder tree"
-            )
-        rep.note("no --data given: training on the embedded SYNTHETIC fish dataset, not real photos")
-        root = synthetic_fish(cfg.seed, cfg.synth_per_class, rep)
-    else:
-        root = Path(cfg.data)
-    rep.task("scan (validate + hash + group)", None)
-    ds = load_dataset(
-        root,
-        species=cfg.species,
-        group_regex=cfg.group_regex,
-        workers=cfg.workers,
-        progress=rep.update,
-        grouping=cfg.grouping,
-    )
-    if len(ds.classes) < 2:
-        raise EdgeftError(
-            f"only one class ({ds.classes[0]!r}) found: a classifier needs at least 2 classes",
-            path=ds.root,
-            fix="add a folder per class under the dataset root, or drop --species to use every class",
-        )
-    doc = splits_doc(ds, assign_splits(ds, cfg.seed, cfg.fractions), cfg.seed, cfg.fractions)
-    for split in ("train", "test"):
-        empty = [c for c, n in doc.counts[split].items() if n == 0]
-        if empty:
-            raise EdgeftError(
-                f"split {split!r} has no images of {empty} (too few images or groups)",
-                path=ds.root,
-                fix="add more images per class, or lower the split fractions",
-            )
-    _note_data(ds, doc, rep)
-    return ds, doc, synthetic
-
-
-def _note_data(ds: Dataset, doc: SplitsDoc, rep: Reporter) -> None:
-    """What the run output says about the data: groups, track keys, warnings, kept-out and bad files."""
-    g = ds.group_report
-    rep.note(f"groups: {g.get('groups')} ({g.get('source')}); {g.get('note')}")
-    for w in g.get("warnings", [])[:5] + doc.report["split"]["warnings"][:5]:
-        rep.note(f"warning: {w}")
-    for c in ds.conflicts[:5]:
-        rep.note(f"same image under two classes, kept out of every split: {' and '.join(c['paths'])}")
-    if ds.skipped:
-        rep.note(f"skipped {len(ds.skipped)} bad file(s); they are listed in skipped.json")
-
-
-WIDE = 1.5  # median long/short side ratio above which `--crop auto` keeps the whole image (squash)
-
-
-def _with_preprocess(bb: Backbone, cfg: TrainConfig, ds: Dataset, rep: Reporter) -> Backbone:
-    """The run's preprocessing: the backbone's own, with the crop rule and the resampler chosen here.
-
-    Crop: the backbone's rule, or squash for wide images (video crops of a whole fish lose head and tail to a
-    centre square). Resampler: "opencv" (bit-exact on every platform and several times cheaper than Pillow's
-    filter, see core.preprocess) resizes bilinearly; "pil" keeps the backbone's torchvision numerics; "auto"
-    (default) is opencv for a new run and the --init run's own for a transfer. Recorded in model.json.
-    """
-    crop = cfg.crop
-    if crop == "auto":
-        ratio = float(np.median([max(r.width, r.height) / max(1, min(r.width, r.height)) for r in ds.records]))
-        crop = "squash" if ratio >= WIDE and cfg.init is None else bb.preprocess.crop
-        if crop != bb.preprocess.crop:
-            rep.note(f"images are wide (median side ratio {ratio:.2f}): preprocessing squashes instead of cropping")
-    resampler = cfg.resampler
-    if resampler == "auto":  # a transferred run keeps the numerics its backbone was tuned on
-        resampler = bb.preprocess.resampler if cfg.init is not None else "opencv"
-    update: dict = {"crop": crop, "resampler": resampler}
-    if resampler == "opencv" and bb.preprocess.interpolation not in ("bilinear", "nearest"):
-        update["interpolation"] = "bilinear"
-    spec = PreprocessSpec(**{**bb.preprocess.model_dump(), **update})
-    return bb if spec == bb.preprocess else dataclasses.replace(bb, preprocess=spec)
 
 
 def _epoch_reporter(rep: Reporter):
@@ -531,11 +305,11 @@ def _train(cfg: TrainConfig, rep: Reporter, dist: Dist) -> TrainResult:
         ck = opened[0] if dist.main else Checkpoint.from_replica(resume_dir(run_dir), replica)
     completed = False
     try:
-        ds, doc, synthetic = dist.on_main(lambda: _scan_and_split(cfg, rep))
+        ds, doc, synthetic = dist.on_main(lambda: scan_and_split(cfg, rep))
         assignment = {it.path: it.split for it in doc.items}
-        data = {s: _split(ds, assignment, s) for s in ROLES}
-        bb, init_from = _backbone(cfg)
-        bb = _with_preprocess(bb, cfg, ds, rep)
+        data = {s: split_of(ds, assignment, s) for s in ROLES}
+        bb, init_from = backbone_for(cfg)
+        bb = with_preprocess(bb, cfg, ds, rep)
         dist.on_main(lambda: ck.check_inputs(_inputs(doc, bb)))
         model, phases, feats, choice = _fit_model(cfg, bb, len(ds.classes), data, device, rep, ck, dist)
         if not dist.main:

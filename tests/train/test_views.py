@@ -10,8 +10,9 @@ from PIL import Image
 from edgeft.core.progress import Reporter
 from edgeft.data.layouts import Dataset, Record
 from edgeft.models.backbones import create_backbone, weights_digest
+from edgeft.train.config import TrainConfig
 from edgeft.train.features import FeatureExtractor
-from edgeft.train.run import TrainConfig, _with_preprocess
+from edgeft.train.inputs import with_preprocess
 
 
 def _ds(w: int, h: int) -> Dataset:
@@ -23,23 +24,23 @@ def _ds(w: int, h: int) -> Dataset:
 def test_wide_images_are_squashed_not_centre_cropped():
     bb = create_backbone("small_cnn")
     bb.preprocess = bb.preprocess.model_copy(update={"crop": "center"})
-    assert _with_preprocess(bb, TrainConfig(), _ds(260, 130), Reporter()).preprocess.crop == "squash"
-    assert _with_preprocess(bb, TrainConfig(), _ds(256, 256), Reporter()).preprocess.crop == "center"
-    assert _with_preprocess(bb, TrainConfig(crop="center"), _ds(260, 130), Reporter()).preprocess.crop == "center"
-    assert _with_preprocess(bb, TrainConfig(crop="squash"), _ds(256, 256), Reporter()).preprocess.crop == "squash"
+    assert with_preprocess(bb, TrainConfig(), _ds(260, 130), Reporter()).preprocess.crop == "squash"
+    assert with_preprocess(bb, TrainConfig(), _ds(256, 256), Reporter()).preprocess.crop == "center"
+    assert with_preprocess(bb, TrainConfig(crop="center"), _ds(260, 130), Reporter()).preprocess.crop == "center"
+    assert with_preprocess(bb, TrainConfig(crop="squash"), _ds(256, 256), Reporter()).preprocess.crop == "squash"
 
 
 def test_the_resampler_is_the_runs_choice_and_opencv_resizes_bilinearly():
     bb = create_backbone("small_cnn")
     bb.preprocess = bb.preprocess.model_copy(update={"interpolation": "bicubic"})
-    default = _with_preprocess(bb, TrainConfig(), _ds(256, 256), Reporter()).preprocess
+    default = with_preprocess(bb, TrainConfig(), _ds(256, 256), Reporter()).preprocess
     assert (default.resampler, default.interpolation) == ("opencv", "bilinear")
-    pil = _with_preprocess(bb, TrainConfig(resampler="pil"), _ds(256, 256), Reporter()).preprocess
+    pil = with_preprocess(bb, TrainConfig(resampler="pil"), _ds(256, 256), Reporter()).preprocess
     assert (pil.resampler, pil.interpolation) == ("pil", "bicubic")
     # a transfer (--init) of a run made with pil keeps pil unless told otherwise
-    transfer = _with_preprocess(bb, TrainConfig(init=Path("runs/fish/old")), _ds(256, 256), Reporter()).preprocess
+    transfer = with_preprocess(bb, TrainConfig(init=Path("runs/fish/old")), _ds(256, 256), Reporter()).preprocess
     assert (transfer.resampler, transfer.interpolation) == ("pil", "bicubic")
-    told = _with_preprocess(bb, TrainConfig(init=Path("r"), resampler="opencv"), _ds(256, 256), Reporter())
+    told = with_preprocess(bb, TrainConfig(init=Path("r"), resampler="opencv"), _ds(256, 256), Reporter())
     assert told.preprocess.resampler == "opencv"
 
 
