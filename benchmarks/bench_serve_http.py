@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -23,24 +22,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from edgeft.serve.bench import rss_bytes
 from edgeft.serve.schema import PredictResponse
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def rss_bytes(pid: int) -> int:
-    """Resident set size of a process from /proc (Linux), 0 where unavailable."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+from edgeft.serve.server import free_port
 
 
 def make_images(n: int, size: tuple[int, int], seed: int = 0) -> list[bytes]:
@@ -157,7 +141,7 @@ def main() -> None:
                             latencies.append(ms)
                         counter["done"] += 1
                         if counter["done"] == args.warmup:
-                            rss_warm["value"] = rss_bytes(proc.pid)
+                            rss_warm["value"] = rss_bytes(proc.pid) or 0
 
         threads = [threading.Thread(target=worker) for _ in range(max(1, args.concurrency))]
         t0 = time.perf_counter()
@@ -166,7 +150,7 @@ def main() -> None:
         for t in threads:
             t.join()
         wall = time.perf_counter() - t0
-        rss_end = rss_bytes(proc.pid)
+        rss_end = rss_bytes(proc.pid) or 0
         metrics = scrape(url)
     finally:
         proc.terminate()

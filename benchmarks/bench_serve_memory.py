@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import struct
 import subprocess
 import sys
@@ -22,20 +21,9 @@ import zlib
 from collections import Counter
 
 import httpx
-import psutil
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def rss_bytes(pid: int) -> int:
-    try:
-        return int(psutil.Process(pid).memory_info().rss)
-    except psutil.Error:
-        return 0
+from edgeft.serve.bench import rss_bytes
+from edgeft.serve.server import free_port
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
@@ -78,12 +66,12 @@ def main() -> None:
                 sys.exit("the server did not start")
             time.sleep(0.2)
         png = huge_png(args.side)
-        before = rss_bytes(server.pid)
+        before = rss_bytes(server.pid) or 0
         peak, stop = [before], threading.Event()
 
         def sample() -> None:
             while not stop.is_set():
-                peak[0] = max(peak[0], rss_bytes(server.pid))
+                peak[0] = max(peak[0], (rss_bytes(server.pid) or 0))
                 time.sleep(0.02)
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -104,7 +92,7 @@ def main() -> None:
         time.sleep(1.0)
         stop.set()
         sampler.join()
-        after = rss_bytes(server.pid)
+        after = rss_bytes(server.pid) or 0
     finally:
         server.terminate()
         server.wait(timeout=30)

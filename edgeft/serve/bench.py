@@ -85,19 +85,29 @@ class BenchSettings(BaseModel):
             raise options_error(cls, exc) from None
 
 
-def current_rss_mb() -> float | None:
-    """Resident set size now (not the peak), via psutil or /proc; None where neither exists."""
+def rss_bytes(pid: int | None = None) -> int | None:
+    """Resident set size now (not the peak) of a process (default: this one), via psutil or /proc; None
+    where neither can tell (also for a process that has gone)."""
     try:
         import psutil
 
-        return psutil.Process().memory_info().rss / 2**20
+        try:
+            return int(psutil.Process(pid).memory_info().rss)
+        except psutil.Error:
+            return None
     except ImportError:
         pass
     try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+        with open(f"/proc/{pid or 'self'}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return None
+
+
+def current_rss_mb() -> float | None:
+    """This process's resident set size now, in MiB (see `rss_bytes`)."""
+    rss = rss_bytes()
+    return None if rss is None else rss / 2**20
 
 
 def peak_rss_mb() -> float:

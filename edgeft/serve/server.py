@@ -41,6 +41,13 @@ def url_of(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on host right now (for a server started next: benchmarks, tests, torchrun's master)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
 def bound_socket(host: str, port: int) -> socket.socket:
     """A listening-ready socket bound to host:port (port 0: a free one), or a clear error."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET

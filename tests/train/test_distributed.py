@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,17 +17,12 @@ from safetensors.torch import load_file
 
 import edgeft
 from edgeft.core.hashing import sha256_file
+from edgeft.serve.server import free_port
 
 pytestmark = pytest.mark.slow
 
 FINETUNE_LR = 1e-4  # TrainConfig's default --finetune-lr; the bound below depends on it
 OPTS = ["--backbone", "tinynet", "--epochs", "20", "--patience", "20", "--device", "cpu"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -37,7 +31,7 @@ def _env(**extra: str) -> dict[str, str]:
 
 def _torchrun(*args: str) -> list[str]:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    return [*launcher, "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), *args]
+    return [*launcher, "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *args]
 
 
 def test_two_ranks_write_one_run_with_the_features_and_head_of_one_process(colour_tree, tmp_path):
@@ -146,7 +140,7 @@ def test_an_error_on_one_rank_ends_every_rank_and_a_lost_rank_never_hangs(tmp_pa
         assert got["error"] == ["rank 1: cannot read an image", "/data/x.png", "replace it", True]
 
     (tmp_path / "rank0.json").unlink()
-    port = str(_free_port())  # plain processes, no torchrun agent to stop the survivor
+    port = str(free_port())  # plain processes, no torchrun agent to stop the survivor
     procs = [
         subprocess.Popen(
             [sys.executable, str(probe), str(tmp_path), "die"],
