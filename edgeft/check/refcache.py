@@ -21,7 +21,6 @@ import os
 import platform
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
@@ -30,27 +29,17 @@ from edgeft import __version__
 from edgeft.core.files import cache_root, write_bytes_atomic
 from edgeft.core.hashing import sha256_file, stable_hash
 from edgeft.core.preprocess import PreprocessSpec
+from edgeft.core.versions import package_version
 from edgeft.engines.base import Engine
 
 REFCACHE_VERSION = 1
 ARTIFACT_CACHE_VERSION = 1
 
 
-def _version(package: str) -> str:
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return ""
-
-
-def _torch_version() -> str:
-    return _version("torch")
-
-
 def _decoders() -> dict[str, str]:
     """The libraries that turn image files into model inputs (decoding, resampling): another version may give
     other pixels, so cached logits are keyed by them."""
-    return {p: _version(p) for p in ("pillow", "opencv-python", "opencv-python-headless", "numpy")}
+    return {p: package_version(p) for p in ("pillow", "opencv-python", "opencv-python-headless", "numpy")}
 
 
 def image_hashes(paths: Sequence[Path]) -> list[str]:
@@ -68,7 +57,7 @@ def reference_key(weights_sha256: str, spec: PreprocessSpec, images: Sequence[st
             "images": list(images),
             "reference": reference,
             "edgeft": __version__,
-            "torch": _torch_version(),
+            "torch": package_version("torch"),
             "decoders": _decoders(),
         }
     )

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edgeft.core.errors import EdgeftError
+from edgeft.core.versions import package_version
 
 
 def has_module(name: str) -> bool:
@@ -50,16 +51,10 @@ def physical_cores() -> int:
 def installed_versions(distributions: tuple[str, ...], module: str) -> str:
     """'dist==version' of the installed distributions that provide `module` (e.g. onnxruntime-gpu), read from
     package metadata without importing the package; '' when none is installed."""
-    from importlib.metadata import PackageNotFoundError, packages_distributions, version
+    from importlib.metadata import packages_distributions
 
     def found(names: tuple[str, ...] | list[str]) -> list[str]:
-        out = []
-        for name in names:
-            try:
-                out.append(f"{name}=={version(name)}")
-            except PackageNotFoundError:
-                continue
-        return out
+        return [f"{name}=={v}" for name in names if (v := package_version(name))]
 
     # the usual names first; the full scan of installed distributions is slow and only needed for rare builds
     return ",".join(found(distributions) or found(sorted(packages_distributions().get(module, []))))

@@ -8,11 +8,9 @@ can never pick it. A FP32 ONNX that does not reproduce torch fails the whole exp
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from edgeft import __version__
@@ -31,6 +29,7 @@ from edgeft.core.manifests import (
 )
 from edgeft.core.progress import Reporter, or_silent
 from edgeft.core.reports import ExportReport, ExportRow
+from edgeft.core.versions import package_version
 from edgeft.data.evalsets import from_splits
 from edgeft.engines.base import Engine
 from edgeft.engines.torch import TorchEngine
@@ -92,8 +91,8 @@ class ExportResult:
 def _versions() -> dict[str, str]:
     out = {"edgeft": __version__}
     for pkg in ("torch", "timm", "onnx", "onnxruntime", "openvino", "nncf", "tensorrt"):
-        with contextlib.suppress(PackageNotFoundError):
-            out[pkg] = version(pkg)
+        if v := package_version(pkg):
+            out[pkg] = v
     return out
 
 

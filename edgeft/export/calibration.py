@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ from edgeft.core.hashing import sha256_bytes, stable_hash
 from edgeft.core.manifests import CalibrationDoc, CalibrationImage, SplitItem, SplitsDoc
 from edgeft.core.preprocess import PreprocessSpec, preprocess_many
 from edgeft.core.progress import Reporter, or_silent
+from edgeft.core.versions import package_version
 from edgeft.export.quant.ort import MAX_CALIB_CHUNK, PERCENTILE
 
 METHODS = ("minmax", "entropy", "percentile")
@@ -199,10 +199,7 @@ def tool_versions() -> dict:
     """What shapes the graph the ranges are keyed to (tensor names come from the exporter) and how they are found."""
     out: dict = {"calibration": CALIBRATION_VERSION, "percentile": PERCENTILE, "chunk": MAX_CALIB_CHUNK}
     for pkg in ("torch", "onnx", "onnxruntime"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = None
+        out[pkg] = package_version(pkg) or None
     return out
 
 

@@ -90,9 +90,9 @@ def test_another_pillow_or_opencv_changes_artifact_and_reference_keys(monkeypatc
 
     base, ref = _key(_ov()), refcache.reference_key("w" * 64, PreprocessSpec(), IMAGES, "torch")
     for package in ("pillow", "opencv-python"):
-        real = refcache._version
+        real = refcache.package_version
         monkeypatch.setattr(
-            refcache, "_version", lambda p, real=real, package=package: "0" if p == package else real(p)
+            refcache, "package_version", lambda p, real=real, package=package: "0" if p == package else real(p)
         )
         assert _key(_ov()) != base
         assert refcache.reference_key("w" * 64, PreprocessSpec(), IMAGES, "torch") != ref
