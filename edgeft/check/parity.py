@@ -96,19 +96,6 @@ def reference_engine(
     return engine, note + f"bundle reference artifact {art.name} on {spec}"
 
 
-def open_reference(
-    bundle: BundleManifest,
-    bundle_dir: Path,
-    run_dir: Path | None,
-    reference: str,
-    batch_size: int | None = None,
-    **options: Any,
-) -> tuple[Engine, str]:
-    """The loaded reference engine and a note on why it was chosen (options go to the engine, e.g. threads=1)."""
-    engine, note = reference_engine(bundle, bundle_dir, run_dir, reference, batch_size, **options)
-    return engine.load(), note
-
-
 def bundle_gate(bundle: BundleManifest, **overrides: Any) -> Gate:
     """The gate the bundle was exported under (bundle.json records it), with any setting the user overrides."""
     settings = bundle.gate.model_dump() if bundle.gate is not None else {}

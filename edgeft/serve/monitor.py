@@ -25,7 +25,7 @@ import numpy as np
 
 from edgeft.check.comparator import compare
 from edgeft.check.gate import FAIL, Gate
-from edgeft.check.parity import open_reference
+from edgeft.check.parity import reference_engine
 from edgeft.core.errors import EdgeftError
 from edgeft.core.manifests import BundleManifest, GateRecord
 from edgeft.serve.config import ParityOptions
@@ -40,8 +40,8 @@ def bundle_reference(bundle_dir: str | Path, threads: int = 1) -> ReferenceFacto
 
     def load() -> Any:
         bundle = BundleManifest.load(bundle_dir)
-        engine, _note = open_reference(bundle, Path(bundle_dir), None, "onnx", batch_size=1, threads=threads)
-        return engine
+        engine, _note = reference_engine(bundle, Path(bundle_dir), None, "onnx", batch_size=1, threads=threads)
+        return engine.load()
 
     return load
 
