@@ -10,20 +10,10 @@ import math
 from pathlib import Path
 from typing import Any
 
+from edgeft.core.plotting import pyplot
 from edgeft.core.reports import BackendResult, BenchReport, ExportReport
 
 MAX_FLIPS_SHOWN = 12
-
-
-def _plt() -> Any | None:
-    try:
-        import matplotlib
-    except ImportError:
-        return None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _thumbnail(source: str) -> Any | None:
@@ -41,7 +31,7 @@ def plot_flips(backends: dict[str, BackendResult], path: Path) -> Path | None:
     """One row per backend with flips: its flip matrix (reference -> candidate counts), then the flipped images
     titled with both labels and probabilities. None when nothing flipped or matplotlib is missing."""
     rows = [(name, b.comparison) for name, b in backends.items() if b.comparison is not None and b.comparison.flipped]
-    plt = _plt() if rows else None
+    plt = pyplot(optional=True) if rows else None
     if plt is None:
         return None
     cols = 1 + min(MAX_FLIPS_SHOWN, max(len(c.flipped) for _, c in rows))
@@ -84,7 +74,7 @@ def _flip_matrix(ax: Any, matrix: dict[str, dict[str, int]], title: str) -> None
 def plot_accuracy_latency(bench: BenchReport, export: ExportReport | None, path: Path) -> Path | None:
     """Accuracy (export report; else the gate's agreement) against engine p50 latency per artifact, one panel per
     batch size: the best artifact sits top-left. None without matplotlib."""
-    plt = _plt()
+    plt = pyplot(optional=True)
     if plt is None or not bench.results:
         return None
     accuracy = {r.artifact: r.accuracy for r in export.rows} if export is not None else {}

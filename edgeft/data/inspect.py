@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edgeft.core.files import write_json_atomic
+from edgeft.core.plotting import pyplot
 from edgeft.data.layouts import load_dataset
 
 
@@ -50,10 +51,7 @@ def inspect_dataset(
 
 
 def _plots(ds, counts: dict[str, int], out_dir: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from PIL import Image
 
     fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(counts)), 4))
@@ -83,10 +81,7 @@ def _plots(ds, counts: dict[str, int], out_dir: Path) -> None:
 
 def _largest_groups(ds, path: Path, n_groups: int = 4, per_group: int = 6) -> None:
     """One row per largest group (by share of its class): a few of its members, to check by eye."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from PIL import Image
 
     counts = ds.counts()

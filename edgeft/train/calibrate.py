@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeft.core.numeric import softmax
+from edgeft.core.plotting import pyplot
 
 ECE_BINS = 15
 FALSE_REJECT_RATE = 0.05
@@ -141,10 +142,7 @@ def calibrate(
 
 
 def plot_reliability(before: list[dict], after: list[dict], path: Path, title: str = "") -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(4.5, 4.2))
     ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="perfect")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeft.core.plotting import pyplot
 from edgeft.core.reports import SplitMetrics
 
 
@@ -30,17 +31,8 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequ
     )
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_curves(history: list[dict], path: Path, title: str = "") -> None:
-    plt = _plt()
+    plt = pyplot()
     ep = [h["epoch"] for h in history]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
     a1.plot(ep, [h["train_loss"] for h in history], label="train")
@@ -60,7 +52,7 @@ def plot_curves(history: list[dict], path: Path, title: str = "") -> None:
 
 
 def plot_confusion(cm: list[list[int]], classes: Sequence[str], path: Path) -> None:
-    plt = _plt()
+    plt = pyplot()
     cm_a = np.asarray(cm)
     fig, ax = plt.subplots(figsize=(1.0 + 0.75 * len(classes), 0.75 + 0.7 * len(classes)))
     ax.imshow(cm_a, cmap="Blues")
@@ -104,7 +96,7 @@ def plot_prediction_grid(
     """Test images titled 'pred p% / true', green when right, red when wrong: wrong and right ones side by side."""
     from PIL import Image
 
-    plt = _plt()
+    plt = pyplot()
     y_pred = [int(i) for i in np.asarray(probs).argmax(1)]
     order = grid_order(y_true, y_pred, n)
     cols = 4

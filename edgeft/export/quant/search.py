@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeft.core.plotting import pyplot
 from edgeft.engines.base import Engine, has_module
 from edgeft.engines.onnxruntime import OnnxRuntimeEngine
 from edgeft.engines.openvino import OpenVinoEngine
@@ -292,12 +293,8 @@ def write_tradeoff(results: list[SearchResult], min_agreement: float, out_dir: P
     }
     write_json_atomic(out_dir / "tradeoff.json", doc)
     files = ["tradeoff.json"]
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # the plot is a convenience; the JSON holds every number
+    plt = pyplot(optional=True)
+    if plt is None:  # the plot is a convenience; the JSON holds every number
         return files
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     for r in results:
