@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from edgeft.core.errors import EdgeftError
-from edgeft.core.preprocess import RESAMPLERS
+from edgeft.core.preprocess import CROPS, RESAMPLERS
 from edgeft.core.reports import MetricsDoc
 from edgeft.data.splits import SplitFractions
 from edgeft.data.synth import DEFAULT_PER_CLASS
@@ -58,7 +58,7 @@ class TrainConfig:
         the CLI)."""
         choices = {
             "head": ("auto", "linear", "mlp"),
-            "crop": ("auto", "center", "squash"),
+            "crop": ("auto", *CROPS),
             "resampler": ("auto", *RESAMPLERS),
             "augment": ("hflip", "none"),
         }
