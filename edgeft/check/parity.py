@@ -103,18 +103,23 @@ def bundle_gate(bundle: BundleManifest, **overrides: Any) -> Gate:
     return Gate(**settings)
 
 
-def bundle_checks(bundle: BundleManifest, run_dir: Path | None) -> tuple[list[str], PreprocessSpec | None]:
-    """Compare bundle.json with the run's model.json: same weights, classes and preprocessing numbers."""
+def bundle_checks(bundle: BundleManifest, run_dir: Path | None) -> tuple[list[str], PreprocessSpec | None, str]:
+    """Compare bundle.json with the run's model.json: same weights, classes and preprocessing numbers.
+
+    Returns (problems, the run's preprocessing when it differs from the bundle's, the sha256 of the run's
+    weights as they are on disk now or "" without them): the weights are hashed here once.
+    """
     if run_dir is None or not (run_dir / "model.json").is_file():
-        return [], None
+        return [], None, ""
     try:
         run = ModelManifest.load(run_dir)
     except EdgeftError as exc:
-        return [f"cannot read the run's model.json: {exc.message}"], None
+        return [f"cannot read the run's model.json: {exc.message}"], None, ""
     checks = []
     want = bundle.source.weights_sha256
     weights = run_dir / run.weights.file
-    if want and weights.is_file() and sha256_file(weights) != want:
+    run_sha = sha256_file(weights) if weights.is_file() else ""
+    if want and run_sha and run_sha != want:
         checks.append(f"the run's weights {weights} are not the ones the bundle was exported from (sha256 differs)")
     if list(run.classes) != list(bundle.classes):
         checks.append(f"bundle classes {bundle.classes} differ from the run's model.json classes {run.classes}")
@@ -122,26 +127,23 @@ def bundle_checks(bundle: BundleManifest, run_dir: Path | None) -> tuple[list[st
         mine, theirs = bundle.preprocess.to_dict(), run.preprocess.to_dict()
         diffs = [f"{k}: bundle {v!r} vs run {theirs[k]!r}" for k, v in mine.items() if v != theirs[k]]
         checks.append("bundle preprocessing differs from the run's model.json (" + "; ".join(diffs) + ")")
-        return checks, run.preprocess
-    return checks, None
-
-
-def _run_weights_sha(run_dir: Path | None) -> str:
-    if run_dir is None or not (run_dir / "model.json").is_file():
-        return ""
-    weights = run_dir / ModelManifest.load(run_dir).weights.file
-    return sha256_file(weights) if weights.is_file() else ""
+        return checks, run.preprocess, run_sha
+    return checks, None, run_sha
 
 
 def torch_reference_key(
-    bundle: BundleManifest, run_dir: Path | None, reference: str, images: Sequence[str], spec: PreprocessSpec
+    bundle: BundleManifest,
+    run_dir: Path | None,
+    reference: str,
+    images: Sequence[str],
+    spec: PreprocessSpec,
+    sha: str,
 ) -> str:
     """The reference-cache key of the torch reference on these images (their content hashes, in order), or ""
-    when torch cannot be the reference here. Keyed by the run's weights as they are on disk now, so a changed
-    run never reuses stale logits."""
+    when torch cannot be the reference here. sha: the run's weights as they are on disk now (`bundle_checks`),
+    so a changed run never reuses stale logits."""
     if reference not in ("auto", "torch") or _torch_reference_problem(run_dir) is not None:
         return ""
-    sha = _run_weights_sha(run_dir)
     if not sha or sha != bundle.source.weights_sha256:
         return ""
     return reference_key(sha, spec, images, "torch-fp32")
@@ -231,7 +233,7 @@ def run_parity(
     bundle = BundleManifest.load(bundle_dir)
     gate = gate or bundle_gate(bundle)
     evalset = eval_set(run_dir, data, bundle.classes)
-    checks, run_spec = bundle_checks(bundle, run_dir)
+    checks, run_spec, run_sha = bundle_checks(bundle, run_dir)
     targets, skipped_backends = plan_targets(bundle, bundle_dir, backends)
 
     rep.task("preprocess", len(evalset))
@@ -245,7 +247,7 @@ def run_parity(
     labels = kept.label_indices(bundle.classes)
 
     images = image_hashes(kept.paths)  # once, for the reference key and every artifact key
-    ref_key = torch_reference_key(bundle, run_dir, reference, images, run_spec or bundle.preprocess)
+    ref_key = torch_reference_key(bundle, run_dir, reference, images, run_spec or bundle.preprocess, run_sha)
     ref_logits = load_reference(ref_key, len(kept), len(bundle.classes)) if ref_key and use_cache else None
     if ref_logits is not None:  # export (or an earlier parity) already ran the torch model on these images
         ref_name = "torch:cpu/torch-fp32"
