@@ -44,9 +44,17 @@ class Built:
     path: str  # relative to the bundle dir
     extra_files: list[str] = field(default_factory=list)
     info: dict = field(default_factory=dict)
+    digests: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     def files(self) -> list[str]:
         return [self.path, *self.extra_files]
+
+    def sha256(self, root: Path, f: str) -> str:
+        """sha256 of one of its files, hashed once: the artifact cache key and bundle.json use the same digest
+        (the files are final once built)."""
+        if f not in self.digests:
+            self.digests[f] = sha256_file(root / f)
+        return self.digests[f]
 
     def size_bytes(self, root: Path) -> int:
         return sum((root / f).stat().st_size for f in self.files() if (root / f).is_file())
@@ -57,9 +65,9 @@ class Built:
             format=self.format,
             precision=self.precision,
             path=self.path,
-            sha256=sha256_file(root / self.path),
+            sha256=self.sha256(root, self.path),
             bytes=self.size_bytes(root),
-            extra_files={f: sha256_file(root / f) for f in self.extra_files},
+            extra_files={f: self.sha256(root, f) for f in self.extra_files},
             info=self.info,
             gate=gate,
         )

@@ -15,7 +15,6 @@ from edgeft.check.comparator import compare
 from edgeft.check.gate import failed_to_run
 from edgeft.check.refcache import artifact_key, run_cached
 from edgeft.core.errors import EdgeftError
-from edgeft.core.hashing import sha256_file
 from edgeft.core.manifests import GateRecord
 from edgeft.core.reports import Comparison, ExportRow
 from edgeft.engines.base import Engine
@@ -91,7 +90,7 @@ def outputs_key(ctx: ExportContext, built: Built, engine: Engine) -> str:
         return ""  # the engine reports the missing file
     if len(ctx.judging.images) != len(ctx.judging.x):
         return ""  # images without their content hashes: the key could not tell two sets apart, so no cache
-    model, *extra = (sha256_file(f) for f in files)
+    model, *extra = (built.sha256(ctx.work, f) for f in built.files())
     return artifact_key(engine, model, extra, ctx.spec, ctx.judging.images, EVAL_BATCH)
 
 
