@@ -217,12 +217,15 @@ def run_parity(
     reference: str = "auto",
     batch_size: int = 32,
     use_cache: bool = True,
+    gate_overrides: dict[str, float | int | None] | None = None,
     reporter: Reporter | None = None,
 ) -> ParityReport:
     """Compare every runnable backend x precision of a bundle with the reference; write parity.json.
 
     target: a bundle dir, a run dir (its bundle is looked up) or None (the latest run under runs/).
     out: directory for parity.json (default: the bundle dir).
+    gate: the gate to judge by; without it, the bundle's recorded gate with `gate_overrides` (None values keep
+    the recorded setting).
     use_cache: reuse the logits export (or an earlier parity) computed for the same reference, artifact, engine
     settings and images; False runs the reference and every engine again (and refreshes the cache).
     """
@@ -231,7 +234,7 @@ def run_parity(
     bundle_dir, run_dir = where.bundle_dir, where.run_dir
     assert bundle_dir is not None
     bundle = BundleManifest.load(bundle_dir)
-    gate = gate or bundle_gate(bundle)
+    gate = gate or bundle_gate(bundle, **(gate_overrides or {}))
     evalset = eval_set(run_dir, data, bundle.classes)
     checks, run_spec, run_sha = bundle_checks(bundle, run_dir)
     targets, skipped_backends = plan_targets(bundle, bundle_dir, backends)

@@ -103,24 +103,20 @@ def parity(
     ),
 ) -> None:
     """Check that every exported backend x precision agrees with the reference model (exit 1 on a gate miss)."""
-    from edgeft.check.parity import bundle_gate, run_parity
-    from edgeft.core.locate import locate
-    from edgeft.core.manifests import BundleManifest
+    from edgeft.check.parity import run_parity
 
-    where = locate(target, need_bundle=True)
-    assert where.bundle_dir is not None
-    bundle = BundleManifest.load(where.bundle_dir)
-    gate = bundle_gate(bundle, min_agreement=min_agreement, max_drop=max_drop, logit_tol=logit_tol, min_n=min_n)
+    overrides = {"min_agreement": min_agreement, "max_drop": max_drop, "logit_tol": logit_tol, "min_n": min_n}
     with console.reporting() as rep:
         report = run_parity(
-            where.bundle_dir,
+            target,
             data,
             split_list(backends),
-            gate,
+            None,
             out,
             reference=reference,
             batch_size=batch_size,
             use_cache=not no_cache,
+            gate_overrides=overrides,
             reporter=rep,
         )
     if target is None:
