@@ -138,10 +138,11 @@ def _warp_check(a: Descriptor, b_grey: np.ndarray, pts_b: np.ndarray, pts_a: np.
     if m is None or int(inl.sum()) < MIN_INLIERS:
         return False
     h, w = a.grey.shape
+    va, vb = _valid(a.grey), _valid(b_grey)
     warped = cv2.warpAffine(b_grey, m, (w, h), flags=cv2.INTER_LINEAR)
-    wvalid = cv2.warpAffine(_valid(b_grey), m, (w, h), flags=cv2.INTER_NEAREST)
-    common = (wvalid > 0) & (_valid(a.grey) > 0)
-    smaller = min(int(_valid(a.grey).sum()), int(_valid(b_grey).sum()) * abs(np.linalg.det(m[:, :2])))
+    wvalid = cv2.warpAffine(vb, m, (w, h), flags=cv2.INTER_NEAREST)
+    common = (wvalid > 0) & (va > 0)
+    smaller = min(int(va.sum()), int(vb.sum()) * abs(np.linalg.det(m[:, :2])))
     if common.sum() < MIN_OVERLAP * max(1.0, smaller):
         return False
     ga = cv2.GaussianBlur(a.grey.astype(np.float32), (5, 5), 1.2)[common]
@@ -154,7 +155,10 @@ def _warp_check(a: Descriptor, b_grey: np.ndarray, pts_b: np.ndarray, pts_a: np.
 
 
 def _matcher():
-    return cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True)
+    """One brute-force Hamming matcher per thread (match() keeps no state between calls)."""
+    if not hasattr(_LOCAL, "matcher"):
+        _LOCAL.matcher = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True)
+    return _LOCAL.matcher
 
 
 def _thumbs_agree(a: np.ndarray, b: np.ndarray) -> bool:
