@@ -181,8 +181,7 @@ class Predictor:
         _check_sizes(batch_size, topk, workers)
         bundle = BundleManifest.load(bundle_dir)
         engine = open_bundle(bundle_dir, backend, precision, batch_size=batch_size, verify=verify, **engine_options)
-        self._setup(engine, bundle, Path(bundle_dir), batch_size, topk, workers, unknown_below)
-        self.fast_preprocess = fast_preprocess
+        self._setup(engine, bundle, Path(bundle_dir), batch_size, topk, workers, unknown_below, fast_preprocess)
 
     @classmethod
     def from_options(cls, bundle_dir: str | Path, options: PredictOptions, **engine_options: Any) -> Predictor:
@@ -217,8 +216,7 @@ class Predictor:
         bundle_dir = None if isinstance(bundle, BundleManifest) else Path(bundle)
         manifest = bundle if isinstance(bundle, BundleManifest) else BundleManifest.load(bundle)
         self = cls.__new__(cls)
-        self._setup(engine, manifest, bundle_dir, batch_size, topk, workers, unknown_below)
-        self.fast_preprocess = fast_preprocess
+        self._setup(engine, manifest, bundle_dir, batch_size, topk, workers, unknown_below, fast_preprocess)
         return self
 
     def _setup(
@@ -230,8 +228,10 @@ class Predictor:
         topk: int,
         workers: int | None,
         unknown_below: float | None = None,
+        fast_preprocess: bool = False,
     ) -> None:
         self.engine = engine
+        self.fast_preprocess = fast_preprocess
         self.bundle = bundle
         self.overlap = not on_cpu(engine)
         self.bundle_dir = bundle_dir
