@@ -6,6 +6,8 @@ Below min_n images the gate does not certify a reduced precision ("too few image
 on a handful of images cannot tell 99% from 95%. By default min_n is derived from the target: the smallest
 n at which even a flawless result (no flip) has its Wilson lower bound at or above min_agreement, i.e.
 n >= z^2 p / (1 - p): 381 images at p = 0.99, 765 at 0.995 (95% confidence).
+With serving's --fast-preprocess inputs (`parity --fast-preprocess`) the logits cannot match to 1e-4, so an FP32
+artifact is judged on top-1 agreement >= FAST_FP32_AGREEMENT instead, and reduced precisions as always.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from edgeft.core.manifests import GateRecord
 from edgeft.core.reports import Comparison, GateSettings
 
 PASS, FAIL, TOO_FEW = "pass", "fail", "too few images"
+FAST_FP32_AGREEMENT = 0.999  # FP32 fed --fast-preprocess inputs against THE preprocessing's reference
 
 
 def certifying_n(min_agreement: float, confidence: float = 0.95) -> int:
@@ -41,9 +44,17 @@ class Gate(GateSettings):
     def settings(self) -> GateSettings:
         return GateSettings(**self.model_dump())
 
-    def judge(self, precision: str, c: Comparison, judged_on: str = "") -> GateRecord:
+    def judge(self, precision: str, c: Comparison, judged_on: str = "", fast_inputs: bool = False) -> GateRecord:
+        """fast_inputs: the artifact was fed serving's --fast-preprocess inputs, the reference THE
+        preprocessing's."""
         reasons = []
-        if precision == "fp32":
+        if precision == "fp32" and fast_inputs:
+            if c.agreement < FAST_FP32_AGREEMENT:
+                reasons.append(
+                    f"fp32 with --fast-preprocess: top-1 agreement {c.agreement:.4f} ({c.n_flipped} flipped) < "
+                    f"{FAST_FP32_AGREEMENT}"
+                )
+        elif precision == "fp32":
             if c.agreement < 1.0:
                 reasons.append(f"fp32 top-1 agreement {c.agreement:.4f} < 1.0 ({c.n_flipped} flipped)")
             if not c.max_abs_logit_diff <= self.logit_tol:

@@ -173,6 +173,7 @@ def evaluate_target(
     *,
     images: Sequence[str] | None = None,
     reuse: bool = True,
+    fast_inputs: bool = False,
 ) -> BackendResult:
     """Run one target and judge it; a target that fails to load or run is a failed backend, not a crash.
 
@@ -200,7 +201,7 @@ def evaluate_target(
         describe=outputs.describe,
         cached=outputs.cached,
         comparison=comparison,
-        gate=gate.judge(t.precision, comparison, judged_on),
+        gate=gate.judge(t.precision, comparison, judged_on, fast_inputs),
     )
 
 
@@ -219,6 +220,7 @@ def run_parity(
     use_cache: bool = True,
     gate_overrides: dict[str, float | int | None] | None = None,
     reporter: Reporter | None = None,
+    fast_preprocess: bool = False,
 ) -> ParityReport:
     """Compare every runnable backend x precision of a bundle with the reference; write parity.json.
 
@@ -228,6 +230,8 @@ def run_parity(
     the recorded setting).
     use_cache: reuse the logits export (or an earlier parity) computed for the same reference, artifact, engine
     settings and images; False runs the reference and every engine again (and refreshes the cache).
+    fast_preprocess: feed the backends serving's --fast-preprocess inputs (the reference keeps THE
+    preprocessing), so the gate judges the whole fast serving path; those outputs are not cached.
     """
     rep = or_silent(reporter)
     where = locate(target, need_bundle=True)
@@ -246,6 +250,15 @@ def run_parity(
             f"none of the {len(evalset)} images could be read", path=data or run_dir, fix="check the images"
         )
     x_ref = x if run_spec is None else kept.load(run_spec)[0]  # the run was trained with other numbers
+    if fast_preprocess:
+        rep.task("preprocess (--fast-preprocess)", len(kept))
+        x, again = kept.load(bundle.preprocess, rep.advance, fast=True)
+        if len(again) != len(kept):  # the fast path falls back to the reference for anything it cannot decode
+            raise EdgeftError(
+                f"{len(kept) - len(again)} image(s) decoded with THE preprocessing but not with --fast-preprocess",
+                path=data or run_dir,
+                fix="run parity without --fast-preprocess and report the image",
+            )
     sources = [str(p) for p in kept.paths]
     labels = kept.label_indices(bundle.classes)
 
@@ -288,8 +301,9 @@ def run_parity(
             batch_size,
             kept.origin,
             rep.advance,
-            images=images,
+            images=None if fast_preprocess else images,
             reuse=use_cache,
+            fast_inputs=fast_preprocess,
         )
     if not results:
         raise EdgeftError(
@@ -305,6 +319,7 @@ def run_parity(
         reference=ref_name,
         reference_note=ref_note,
         data=kept.origin,
+        preprocess="fast" if fast_preprocess else "reference",
         n_images=len(kept),
         gate=gate.settings(),
         backends=results,

@@ -54,6 +54,8 @@ def render_parity(report) -> None:
     table = console.fitted_table(f"parity vs {report.reference} on {report.n_images} images", PARITY_COLUMNS, rows)
     console.out().print(table)
     console.say(f"images: {report.data}")
+    if report.preprocess == "fast":
+        console.say("backends' inputs: --fast-preprocess (the reference's: THE preprocessing; not cached)")
     if report.reference_note:
         console.say(f"reference: {report.reference_note}")
     reused = sum(b.cached for b in report.backends.values())
@@ -101,6 +103,12 @@ def parity(
         help="Run the reference and every engine again instead of reusing the logits export (or an earlier "
         "parity) computed for the same files, settings and images.",
     ),
+    fast_preprocess: bool = typer.Option(
+        False,
+        "--fast-preprocess",
+        help="Feed the backends serving's --fast-preprocess inputs (the reference keeps THE preprocessing): "
+        "judges the whole fast serving path; FP32 must then agree on >= 99.9% of images.",
+    ),
 ) -> None:
     """Check that every exported backend x precision agrees with the reference model (exit 1 on a gate miss)."""
     from edgeft.check.parity import run_parity
@@ -118,6 +126,7 @@ def parity(
             use_cache=not no_cache,
             gate_overrides=overrides,
             reporter=rep,
+            fast_preprocess=fast_preprocess,
         )
     if target is None:
         console.labelled("Bundle", f"{report.bundle_dir} (of the latest run under runs/)", stderr=True)

@@ -222,16 +222,18 @@ def _normalize_table(mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[n
     return rows
 
 
-def normalize(rgb_uint8: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+def normalize(rgb_uint8: np.ndarray, spec: PreprocessSpec, bgr: bool = False) -> np.ndarray:
     """HWC uint8 RGB -> CHW float32 (x / 255 - mean) / std: one OpenCV table lookup per channel, written
-    straight into its plane of the output (bit-identical to the formula, about half numpy's cost)."""
+    straight into its plane of the output (bit-identical to the formula, about half numpy's cost).
+    bgr: the array is in OpenCV's BGR order; the planes come out RGB all the same (no conversion pass)."""
     import cv2
 
     if rgb_uint8.ndim != 3 or rgb_uint8.shape[2] != 3 or rgb_uint8.dtype != np.uint8:
         raise ValueError(f"normalize takes HxWx3 uint8 RGB, not {rgb_uint8.dtype} {rgb_uint8.shape}")
     tables = _normalize_table(tuple(spec.mean), tuple(spec.std))
     out = np.empty((3, *rgb_uint8.shape[:2]), np.float32)
-    for c, plane in enumerate(cv2.split(np.ascontiguousarray(rgb_uint8))):
+    planes = cv2.split(np.ascontiguousarray(rgb_uint8))
+    for c, plane in enumerate(planes[::-1] if bgr else planes):
         cv2.LUT(plane, tables[c], dst=out[c])
     return out
 
@@ -272,17 +274,22 @@ def _whole_factor_reduce(region: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(region, (tw // kx, th // ky), interpolation=cv2.INTER_AREA)
 
 
-def resize_region(region: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+def resize_region(region: np.ndarray, spec: PreprocessSpec, fast: bool = False) -> np.ndarray:
     """resampler="opencv": the kept region (HxWx3 uint8) -> (S, S, 3) uint8.
 
     Reduce it by its whole factor with an integer box filter, then resize to S x S with INTER_LINEAR_EXACT
     (or INTER_NEAREST_EXACT): integer arithmetic that OpenCV guarantees bit-exact across platforms and SIMD
     paths, so a device computes the same pixels as the workstation.
+    fast: INTER_LINEAR instead, about a quarter of the cost; its SIMD paths may round a pixel differently on
+    another CPU (serving's --fast-preprocess, agreement measured by `edgeft parity --fast-preprocess`).
     """
     import cv2
 
     s = spec.input_size
-    flag = cv2.INTER_NEAREST_EXACT if spec.interpolation == "nearest" else cv2.INTER_LINEAR_EXACT
+    if spec.interpolation == "nearest":
+        flag = cv2.INTER_NEAREST_EXACT
+    else:
+        flag = cv2.INTER_LINEAR if fast else cv2.INTER_LINEAR_EXACT
     if spec.interpolation != "nearest":
         region = _whole_factor_reduce(region, s)
     if region.shape[:2] == (s, s):
@@ -290,10 +297,62 @@ def resize_region(region: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     return cv2.resize(region, (s, s), interpolation=flag)
 
 
-def resize_crop_array(rgb: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+def resize_crop_array(rgb: np.ndarray, spec: PreprocessSpec, fast: bool = False) -> np.ndarray:
     """resampler="opencv": HxWx3 uint8 RGB -> (S, S, 3) uint8; the region is cut as a view (no copy)."""
     left, top, w, h = _opencv_box(rgb.shape[1], rgb.shape[0], spec)
-    return resize_region(rgb[top : top + h, left : left + w], spec)
+    return resize_region(rgb[top : top + h, left : left + w], spec, fast)
+
+
+# EXIF orientation -> the numpy view of PIL's ImageOps.exif_transpose (tested equal for all eight)
+_ORIENT: dict[int, Callable[[np.ndarray], np.ndarray]] = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+def _dct_reduction(w: int, h: int, spec: PreprocessSpec) -> int:
+    """The JPEG DCT scale-down (8, 4, 2, else 1) for --fast-preprocess: the largest that divides the whole factor
+    the reference box-filters the kept region by on each axis, so that the reduced decode stands in for part of
+    that box filter and the rest of the pipeline is unchanged (never an upscale, never a bilinear shrink that
+    the reference does not make)."""
+    _, _, rw, rh = _opencv_box(w, h, spec)
+    mx, my = rw // spec.input_size, rh // spec.input_size
+    return next((k for k in (8, 4, 2) if mx >= k and my >= k and mx % k == 0 and my % k == 0), 1)
+
+
+def _fast_jpeg(data: bytes, label: str, spec: PreprocessSpec, max_pixels: int | None) -> np.ndarray | None:
+    """--fast-preprocess of a JPEG (resampler="opencv"): OpenCV's libjpeg-turbo decodes straight to BGR, at a
+    reduced DCT scale when the kept region allows it, and the non-exact INTER_LINEAR resizes. None when the
+    file is not a plain RGB/greyscale JPEG or OpenCV cannot decode it: the reference path takes it (and
+    reports any error). EXIF orientation is applied as `load_image` does; the pixel budget is checked first."""
+    import cv2
+
+    if not data.startswith(b"\xff\xd8\xff") or not data.rstrip(b"\0").endswith(b"\xff\xd9"):
+        return None  # not a JPEG, or a truncated one (OpenCV would return its grey rest; Pillow refuses it)
+    with _decode_errors(label):
+        img = Image.open(io.BytesIO(data))
+        if img.format != "JPEG" or img.mode not in ("RGB", "L"):
+            return None
+        check_pixels(img.size, max_pixels, label)
+        orientation = 1
+        with contextlib.suppress(Exception):  # as load_image: a broken EXIF block keeps the image as stored
+            orientation = int(img.getexif().get(0x0112, 1))
+    w, h = img.size if orientation < 5 else img.size[::-1]
+    k = _dct_reduction(w, h, spec)
+    flags = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4}.get(
+        k, cv2.IMREAD_REDUCED_COLOR_8
+    )
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), flags | cv2.IMREAD_IGNORE_ORIENTATION)
+    if bgr is None or bgr.ndim != 3:
+        return None
+    if orientation in _ORIENT:
+        bgr = np.ascontiguousarray(_ORIENT[orientation](bgr))
+    return normalize(resize_crop_array(bgr, spec, fast=True), spec, bgr=True)
 
 
 def _kept_pixels(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
@@ -307,8 +366,8 @@ def _kept_pixels(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
 def preprocess(img: Image.Image | np.ndarray, spec: PreprocessSpec, fast: bool = False) -> np.ndarray:
     """RGB PIL image or HxWx3 uint8 RGB array -> (3, S, S) float32 ready for the model.
 
-    fast: the measured faster Pillow resampling of `resize_crop` (resampler="pil" only; "opencv" is already
-    fast and exact).
+    fast: serving's --fast-preprocess, measured against the reference: "pil" resamples only the crop region
+    (`resize_crop`), "opencv" resizes with the non-exact INTER_LINEAR (`resize_region`).
     """
     if isinstance(img, np.ndarray) and (img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8):
         raise ImageDecodeError(
@@ -318,8 +377,8 @@ def preprocess(img: Image.Image | np.ndarray, spec: PreprocessSpec, fast: bool =
         )
     if spec.resampler == "opencv":
         if isinstance(img, np.ndarray):
-            return normalize(resize_crop_array(img, spec), spec)
-        return normalize(resize_region(_kept_pixels(to_rgb(img), spec), spec), spec)
+            return normalize(resize_crop_array(img, spec, fast), spec)
+        return normalize(resize_region(_kept_pixels(to_rgb(img), spec), spec, fast), spec)
     if isinstance(img, np.ndarray):
         img = frame_image(img)
     return normalize(np.asarray(resize_crop(to_rgb(img), spec, fast)), spec)
@@ -335,21 +394,41 @@ def preprocess_path(path: str | Path, spec: PreprocessSpec) -> np.ndarray:
     return preprocess(load_image(path), spec)
 
 
+def preprocess_file(
+    source: str | Path | bytes,
+    spec: PreprocessSpec,
+    name: str | None = None,
+    max_pixels: int | None = None,
+    fast: bool = False,
+) -> np.ndarray:
+    """A file or encoded bytes -> (3, S, S) float32. fast (resampler "opencv"): JPEGs take `_fast_jpeg`."""
+    if fast and spec.resampler == "opencv":
+        label = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
+        data = _read(source, label)
+        out = _fast_jpeg(data, label, spec, max_pixels)
+        if out is not None:
+            return out
+        source, name = data, label
+    return preprocess(load_image(source, name=name, max_pixels=max_pixels), spec, fast)
+
+
 def preprocess_many(
     sources: Sequence[str | Path | bytes],
     spec: PreprocessSpec,
     workers: int | None = None,
     advance: Callable[[int], None] | None = None,
+    fast: bool = False,
 ) -> tuple[np.ndarray, list[int], list[tuple[int, ImageDecodeError]]]:
     """Decode + preprocess many images in parallel: ((N_ok, 3, S, S) array, ok indices, [(index, error)]).
 
     PIL releases the GIL while decoding and resizing, so a few threads overlap. The only batch
-    preprocessing helper: feature caching, calibration, eval sets and parity all call it.
+    preprocessing helper: feature caching, calibration, eval sets and parity all call it. fast: serving's
+    --fast-preprocess (`parity --fast-preprocess` measures it).
     """
 
     def one(src: str | Path | bytes) -> np.ndarray | ImageDecodeError:
         try:
-            return preprocess(load_image(src), spec)
+            return preprocess_file(src, spec, fast=fast)
         except ImageDecodeError as exc:
             return exc
 

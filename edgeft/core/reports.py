@@ -68,6 +68,7 @@ class ParityReport(Doc):
     reference_note: str
     data: str
     n_images: int
+    preprocess: str = "reference"  # "fast": the backends got serving's --fast-preprocess inputs
     gate: GateSettings
     backends: dict[str, BackendResult]
     skipped_backends: dict[str, str] = Field(default_factory=dict)

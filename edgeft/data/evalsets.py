@@ -41,9 +41,12 @@ class EvalSet:
         idx = np.linspace(0, len(self) - 1, n).round().astype(int)
         return EvalSet([self.paths[i] for i in idx], [self.labels[i] for i in idx], self.origin, list(self.skipped))
 
-    def load(self, spec: PreprocessSpec, advance: Callable[[int], None] | None = None) -> tuple[np.ndarray, EvalSet]:
-        """(N_ok, 3, S, S) tensors and the EvalSet of the images that decoded; failures go to `skipped`."""
-        x, ok, failed = preprocess_many(self.paths, spec, advance=advance)
+    def load(
+        self, spec: PreprocessSpec, advance: Callable[[int], None] | None = None, fast: bool = False
+    ) -> tuple[np.ndarray, EvalSet]:
+        """(N_ok, 3, S, S) tensors and the EvalSet of the images that decoded; failures go to `skipped`.
+        fast: serving's --fast-preprocess instead of THE preprocessing."""
+        x, ok, failed = preprocess_many(self.paths, spec, advance=advance, fast=fast)
         kept = EvalSet([self.paths[i] for i in ok], [self.labels[i] for i in ok], self.origin, list(self.skipped))
         kept.skipped += [{"source": str(self.paths[i]), "error": f"{e.reason}: {e.message}"} for i, e in failed]
         return x, kept

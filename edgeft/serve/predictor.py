@@ -20,7 +20,7 @@ from edgeft.core.errors import EdgeftError, ImageDecodeError
 from edgeft.core.hashing import sha256_file
 from edgeft.core.manifests import BundleManifest
 from edgeft.core.numeric import softmax, topk_indices
-from edgeft.core.preprocess import PreprocessSpec, decode_workers, load_image, preprocess
+from edgeft.core.preprocess import PreprocessSpec, decode_workers, preprocess, preprocess_file
 from edgeft.engines.select import open_bundle
 from edgeft.serve.batcher import DynamicBatcher
 from edgeft.serve.config import PredictOptions
@@ -65,8 +65,8 @@ def prepare_item(
     """Any supported input -> (3, S, S) float32; raises ImageDecodeError for unusable input.
 
     np.ndarray inputs are either HxWx3 uint8 RGB images (camera frames, preprocessed here without a copy) or
-    already preprocessed (3, S, S) float32 tensors (passed through). fast: the measured faster resampling of
-    `core.preprocess.resize_crop` (--fast-preprocess).
+    already preprocessed (3, S, S) float32 tensors (passed through). fast: --fast-preprocess, the measured
+    faster resampling and JPEG decoding of `core.preprocess` (`preprocess`, `preprocess_file`).
     """
     s = spec.input_size
     name = source or item_source(item, 0)
@@ -84,7 +84,7 @@ def prepare_item(
     if isinstance(item, Image.Image):
         return preprocess(item, spec, fast)
     if isinstance(item, (str, Path, bytes)):
-        return preprocess(load_image(item, name=name, max_pixels=max_pixels), spec, fast)
+        return preprocess_file(item, spec, name, max_pixels, fast)
     raise ImageDecodeError(
         f"unsupported input type {type(item).__name__}; pass a path, bytes, PIL image or numpy array",
         reason="unsupported_type",

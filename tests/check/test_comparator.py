@@ -112,3 +112,13 @@ def test_gate_refuses_to_certify_below_min_n():
     assert not r.passed and r.verdict == "too few images" and "from 200" in r.reasons[0]
     assert gate.judge("int8", _cmp(200, 200)).passed
     assert gate.judge("int8", _cmp(140, 150)).verdict == "fail"  # a clear miss is a fail at any n
+
+
+def test_fp32_fed_fast_preprocess_inputs_is_judged_on_agreement_not_logits():
+    gate = Gate(min_agreement=0.99, max_drop=1.0, logit_tol=1e-4, min_n=1)
+    assert gate.judge("fp32", _cmp(1000, 1000, max_diff=0.3), fast_inputs=True).passed
+    assert gate.judge("fp32", _cmp(999, 1000, max_diff=0.3), fast_inputs=True).passed  # 99.9%
+    r = gate.judge("fp32", _cmp(998, 1000, max_diff=0.3), fast_inputs=True)
+    assert not r.passed and "--fast-preprocess" in r.reasons[0] and "0.9980" in r.reasons[0]
+    assert not gate.judge("fp32", _cmp(1000, 1000, max_diff=0.3)).passed  # the exact path keeps its tolerance
+    assert not gate.judge("int8", _cmp(985, 1000), fast_inputs=True).passed  # reduced precisions: unchanged

@@ -273,3 +273,38 @@ def test_an_artifact_changed_after_export_misses_the_cache(tiny_bundle, tmp_path
     assert not bad.cached and not bad.gate.passed and bad.comparison.n_flipped >= 6
     classes = BundleManifest.load(bundle).classes
     assert set(bad.comparison.flip_matrix) <= {classes[2], classes[3]}
+
+
+def test_fast_preprocess_feeds_the_backends_the_serving_fast_path_and_judges_fp32_on_agreement(
+    tiny_bundle, colour_tree, tmp_path
+):
+    jpegs = tmp_path / "jpegs"
+    for png in sorted(colour_tree.rglob("*.png"))[::4]:
+        dst = jpegs / png.parent.name / png.with_suffix(".jpg").name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        Image.open(png).save(dst, "JPEG", quality=90)
+    exact = run_parity(tiny_bundle, data=jpegs, backends=["onnx-fp32"], out=tmp_path / "exact")
+    fast = run_parity(tiny_bundle, data=jpegs, backends=["onnx-fp32"], out=tmp_path / "fast", fast_preprocess=True)
+    assert exact.preprocess == "reference" and fast.preprocess == "fast" and fast.n_images == exact.n_images == 32
+    (e,), (f,) = exact.backends.values(), fast.backends.values()
+    assert e.comparison.max_abs_logit_diff <= 1e-4
+    assert f.comparison.max_abs_logit_diff > 1e-4, "the backend got other pixels than the reference"
+    assert not f.cached, "fast-path outputs are never taken from (or mistaken for) the exact path's cache"
+    assert f.gate.passed == (f.comparison.agreement >= 0.999)
+    assert not any("logit" in r for r in f.gate.reasons)
+    assert ParityReport.load(tmp_path / "fast" / "parity.json").preprocess == "fast"
+    result = CliRunner().invoke(
+        app,
+        [
+            "parity",
+            str(tiny_bundle),
+            "--data",
+            str(jpegs),
+            "--backends",
+            "onnx-fp32",
+            "--out",
+            str(tmp_path / "cli"),
+            "--fast-preprocess",
+        ],
+    )
+    assert "backends' inputs: --fast-preprocess" in result.output
