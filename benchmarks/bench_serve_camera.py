@@ -122,6 +122,7 @@ def main() -> None:
         help=f"FFmpeg decoder threads (default {VIDEO_DECODE_THREADS}, as serve opens videos; 0: FFmpeg's own)",
     )
     ap.add_argument("--threads", type=int, default=0, help="OpenVINO inference threads (default: the engine's)")
+    ap.add_argument("--fast-preprocess", action="store_true", help="serve's --fast-preprocess (INTER_LINEAR)")
     ap.add_argument(
         "--extra-ms",
         type=float,
@@ -139,7 +140,7 @@ def main() -> None:
         engine = Slowed(engine, args.extra_ms)
     with (
         tempfile.TemporaryDirectory(prefix="bench-serve-camera-") as tmp,
-        Predictor.from_engine(engine, args.bundle, batch_size=1) as predictor,
+        Predictor.from_engine(engine, args.bundle, batch_size=1, fast_preprocess=args.fast_preprocess) as predictor,
     ):
         video = Path(tmp) / "clip.avi"
         fourcc = make_video(video, n, args.fps, (w, h))

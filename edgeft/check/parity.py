@@ -33,7 +33,7 @@ from edgeft.core.locate import locate
 from edgeft.core.manifests import BundleManifest, ModelManifest
 from edgeft.core.preprocess import PreprocessSpec
 from edgeft.core.progress import Reporter, or_silent
-from edgeft.core.reports import BackendResult, ParityReport
+from edgeft.core.reports import BackendResult, ParityReport, parity_file
 from edgeft.data.evalsets import eval_set
 from edgeft.engines.base import Engine, has_module
 from edgeft.engines.select import Target, find_artifact, open_artifact, plan_targets, torch_artifact, verify_artifact
@@ -208,6 +208,10 @@ def evaluate_target(
 FLIPS_PICTURE = "parity_flips.png"
 
 
+def flips_picture(fast: bool = False) -> str:
+    return "parity_flips.fast.png" if fast else FLIPS_PICTURE
+
+
 def run_parity(
     target: Path | None = None,
     data: Path | None = None,
@@ -222,7 +226,8 @@ def run_parity(
     reporter: Reporter | None = None,
     fast_preprocess: bool = False,
 ) -> ParityReport:
-    """Compare every runnable backend x precision of a bundle with the reference; write parity.json.
+    """Compare every runnable backend x precision of a bundle with the reference; write parity.json
+    (parity.fast.json with fast_preprocess).
 
     target: a bundle dir, a run dir (its bundle is looked up) or None (the latest run under runs/).
     out: directory for parity.json (default: the bundle dir).
@@ -329,8 +334,8 @@ def run_parity(
     )
     report.passed = not report.failures()
     out_dir = Path(out) if out is not None else bundle_dir
-    report.write(out_dir / "parity.json")
-    picture = out_dir / FLIPS_PICTURE
+    report.write(out_dir / parity_file(fast_preprocess))
+    picture = out_dir / flips_picture(fast_preprocess)
     if plot_flips(report.backends, picture) is None:
         picture.unlink(missing_ok=True)  # an earlier run's picture must not describe this one
     return report

@@ -92,7 +92,9 @@ def parity(
         "--min-n",
         help="Fewest images that certify a reduced precision [default: derived from --min-agreement, 381 at 0.99].",
     ),
-    out: Path = typer.Option(None, "--out", help="Directory for parity.json (default: the bundle dir)."),
+    out: Path = typer.Option(
+        None, "--out", help="Directory for parity.json / parity.fast.json (default: the bundle dir)."
+    ),
     reference: str = typer.Option(
         "auto", "--reference", help="auto (torch if available, else ONNX FP32), torch, onnx."
     ),
@@ -133,10 +135,12 @@ def parity(
     elif Path(report.bundle_dir).resolve() != Path(target).resolve():
         console.labelled("Bundle", f"{report.bundle_dir} (exported from {target})", stderr=True)
     render_parity(report)
-    path = Path(out or report.bundle_dir) / "parity.json"
-    from edgeft.check.parity import FLIPS_PICTURE
+    from edgeft.check.parity import flips_picture
+    from edgeft.core.reports import parity_file
 
-    flips = path.with_name(FLIPS_PICTURE)
+    fast = report.preprocess == "fast"
+    path = Path(out or report.bundle_dir) / parity_file(fast)
+    flips = path.with_name(flips_picture(fast))
     if flips.is_file():
         console.outputs("flipped images", flips)
     if not report.passed:
@@ -144,7 +148,7 @@ def parity(
             "parity FAILED: see the reasons above", path=path, fix="see `edgeft export --help` for INT8 options"
         )
     console.say("parity passed", "green")
-    console.outputs("parity.json", path)
+    console.outputs(path.name, path)
 
 
 def register(app: typer.Typer) -> None:

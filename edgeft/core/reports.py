@@ -59,6 +59,12 @@ class BackendResult(Doc):
     error: str | None = None
 
 
+def parity_file(fast: bool = False) -> str:
+    """parity.json, or parity.fast.json for `parity --fast-preprocess` (both live in the bundle dir side by side;
+    serve --fast-preprocess reads the second)."""
+    return "parity.fast.json" if fast else "parity.json"
+
+
 class ParityReport(Doc):
     """parity.json: every runnable backend of a bundle against the reference model."""
 

@@ -21,6 +21,7 @@ from edgeft.core.hashing import sha256_file
 from edgeft.core.manifests import BundleManifest
 from edgeft.core.numeric import softmax, topk_indices
 from edgeft.core.preprocess import PreprocessSpec, decode_workers, preprocess, preprocess_file
+from edgeft.core.reports import ParityReport, parity_file
 from edgeft.engines.select import open_bundle
 from edgeft.serve.batcher import DynamicBatcher
 from edgeft.serve.config import PredictOptions
@@ -271,10 +272,31 @@ class Predictor:
     def _find_gate_warning(self) -> str | None:
         artifact = getattr(self.engine, "artifact", None)
         gate = getattr(artifact, "gate", None)
-        if gate is None or gate.passed:
+        warnings = []
+        if gate is not None and not gate.passed:
+            why = "; ".join(gate.reasons) or gate.verdict
+            warnings.append(f"artifact {artifact.name} FAILED its gate ({why})")
+        if self.fast_preprocess and artifact is not None:
+            warnings += self._fast_preprocess_warning(artifact.name)
+        if not warnings:
             return None
-        why = "; ".join(gate.reasons) or gate.verdict
-        return f"artifact {artifact.name} FAILED its gate ({why}): its answers may differ from the PyTorch model"
+        return "; ".join(warnings) + ": its answers may differ from the PyTorch model"
+
+    def _fast_preprocess_warning(self, artifact: str) -> list[str]:
+        """--fast-preprocess is not bit-exact: say so unless `edgeft parity --fast-preprocess` passed this
+        artifact (parity.fast.json in the bundle dir)."""
+        path = self.bundle_dir / parity_file(fast=True) if self.bundle_dir is not None else None
+        if path is None or not path.is_file():
+            return ["--fast-preprocess was never checked on this bundle (run `edgeft parity --fast-preprocess`)"]
+        try:
+            report = ParityReport.load(path)
+        except EdgeftError as exc:
+            return [f"--fast-preprocess: {path} is unreadable ({exc.message})"]
+        results = [b for b in report.backends.values() if b.artifact == artifact]
+        if not results:
+            return [f"--fast-preprocess was not checked on artifact {artifact} ({path})"]
+        failed = [r for b in results if not b.gate.passed for r in b.gate.reasons or [b.gate.verdict]]
+        return [f"--fast-preprocess FAILED parity on {artifact} ({'; '.join(failed)})"] if failed else []
 
     # -- the steps -------------------------------------------------------------------------------
     def prepare(self, item: Item, source: str | None = None) -> np.ndarray:

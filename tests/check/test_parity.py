@@ -292,7 +292,8 @@ def test_fast_preprocess_feeds_the_backends_the_serving_fast_path_and_judges_fp3
     assert not f.cached, "fast-path outputs are never taken from (or mistaken for) the exact path's cache"
     assert f.gate.passed == (f.comparison.agreement >= 0.999)
     assert not any("logit" in r for r in f.gate.reasons)
-    assert ParityReport.load(tmp_path / "fast" / "parity.json").preprocess == "fast"
+    assert ParityReport.load(tmp_path / "fast" / "parity.fast.json").preprocess == "fast"
+    assert not (tmp_path / "fast" / "parity.json").exists()
     result = CliRunner().invoke(
         app,
         [

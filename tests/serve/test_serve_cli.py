@@ -67,6 +67,33 @@ def test_predict_warns_loudly_when_named_onto_an_artifact_that_failed_its_gate(t
     assert ok.exit_code == 0 and "WARNING" not in ok.stderr
 
 
+def test_fast_preprocess_warns_until_parity_fast_preprocess_passed_the_artifact(tiny_bundle, copy_dir, test_images):
+    from edgeft.check.parity import run_parity
+
+    bdir = copy_dir(tiny_bundle)
+    image = test_images[0][0]
+    args = ("predict", bdir, image, "--backend", "onnxruntime", "--precision", "fp32", "--fast-preprocess")
+    unchecked = invoke(*args)
+    assert unchecked.exit_code == 0 and Prediction.model_validate_json(unchecked.stdout).ok
+    assert "WARNING: --fast-preprocess was never checked on this bundle" in unchecked.stderr
+    assert "edgeft parity --fast-preprocess" in unchecked.stderr
+    before = (bdir / "parity.json").read_bytes() if (bdir / "parity.json").exists() else None
+    report = run_parity(bdir, backends=["onnx-fp32"], fast_preprocess=True)
+    assert (bdir / "parity.fast.json").is_file()
+    assert ((bdir / "parity.json").read_bytes() if before is not None else None) == before, "the exact verdict stays"
+    checked = invoke(*args)
+    assert ("WARNING" in checked.stderr) == (not report.passed)
+    doc = json.loads((bdir / "parity.fast.json").read_text())
+    for b in doc["backends"].values():
+        b["gate"].update(passed=False, verdict="fail", reasons=["planted: 0.99 < 0.999"])
+    (bdir / "parity.fast.json").write_text(json.dumps(doc))
+    failed = invoke(*args)
+    assert failed.exit_code == 0 and "Traceback" not in failed.output
+    assert "WARNING: --fast-preprocess FAILED parity on onnx-fp32 (planted: 0.99 < 0.999)" in failed.stderr
+    exact = invoke(*args[:-1])
+    assert "WARNING" not in exact.stderr, "without --fast-preprocess the fast verdict is irrelevant"
+
+
 def test_predict_and_serve_find_the_latest_run_and_say_so(
     tiny_run, tiny_bundle, test_images, folder, tmp_path, monkeypatch
 ):
