@@ -28,6 +28,7 @@ from edgeft.serve.config import PredictOptions
 from edgeft.serve.schema import Label, Prediction
 
 log = logging.getLogger("edgeft.serve")
+_WARNED: set[str] = set()  # gate warnings already logged by this process (describe() still carries them)
 
 Item = str | Path | Image.Image | np.ndarray | bytes
 
@@ -246,7 +247,8 @@ class Predictor:
         self.workers = workers or decode_workers()
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="edgeft-decode")
         self._gate_warning = self._find_gate_warning()
-        if self._gate_warning:
+        if self._gate_warning and self._gate_warning not in _WARNED:  # once per process: bench opens many
+            _WARNED.add(self._gate_warning)
             log.warning(self._gate_warning)
 
     # -- facts -----------------------------------------------------------------------------------
