@@ -11,6 +11,7 @@ for decoded 640x480 frames (preprocess only, the camera path). Five implementati
              bilinear; it is the reference of the runs that use it, not an approximation of "pil");
   cv fast:   resampler "opencv" with --fast-preprocess (OpenCV JPEG decoding, DCT-reduced where the box
              filter allows, and the non-exact INTER_LINEAR).
+The process tunes glibc malloc as the CLI does (core/allocator.py; --default-malloc keeps glibc's defaults).
 Agreement: every JPEG through the bundle's ONNX FP32 engine with each fast path's inputs against its reference's
 (pil fast vs pil, cv fast vs opencv), compared by THE comparator (top-1 agreement with its 95% Wilson interval,
 max |Δlogit|). The end-to-end check of a bundle's own fast path is `edgeft parity --fast-preprocess`.
@@ -27,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from edgeft.check.comparator import compare
+from edgeft.core.allocator import tune_allocator
 from edgeft.core.manifests import BundleManifest
 from edgeft.core.preprocess import PreprocessSpec, load_image, resize_crop, to_rgb
 from edgeft.engines.select import open_bundle
@@ -58,7 +60,9 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=32)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--time-files", type=int, default=64, help="JPEGs used for the timings")
+    ap.add_argument("--default-malloc", action="store_true", help="keep glibc's own thresholds (the CLI tunes them)")
     args = ap.parse_args()
+    tuned = False if args.default_malloc else tune_allocator()
 
     bundle = BundleManifest.load(args.bundle)
     spec = bundle.preprocess.model_copy(update={"resampler": "pil"})
@@ -67,6 +71,7 @@ def main() -> None:
     blobs = [p.read_bytes() for p in paths]
     frames = [np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in synthetic_frames(args.frames)]
     print(f"bundle {args.bundle} ({spec.interpolation}, {spec.resize_size} -> {spec.input_size})")
+    print(f"malloc: {'tuned as the CLI tunes it (core/allocator.py)' if tuned else 'glibc defaults'}")
     print(f"{len(paths)} JPEGs under {args.jpegs}; timings on {min(len(blobs), args.time_files)} of them")
     print("single-thread CPU ms per image    legacy    pil  pil fast  opencv  cv fast")
     ways = {

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeft.core.allocator import tune_allocator
 from edgeft.engines.select import open_bundle
 from edgeft.serve.outputs import JsonlSink
 from edgeft.serve.predictor import Predictor
@@ -130,6 +131,7 @@ def main() -> None:
         help="add this much to every model call (e.g. 50: slower than the camera)",
     )
     args = ap.parse_args()
+    tune_allocator()  # as the CLI does
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     w, h = (int(v) for v in args.size.lower().split("x"))
     n = max(10, int(round(args.seconds * args.fps)))

@@ -127,6 +127,9 @@ def missing_extra(exc: ModuleNotFoundError) -> str | None:
 
 
 def main() -> None:
+    from edgeft.core.allocator import tune_allocator
+
+    tune_allocator()  # every command decodes images: reuse their buffers (see core/allocator.py)
     app()
 
 
