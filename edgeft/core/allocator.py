@@ -16,7 +16,7 @@ import os
 import sys
 
 MMAP_THRESHOLD = 32 << 20  # blocks up to a 4K frame's decoded pixels come from the heap and are reused
-TRIM_THRESHOLD = 128 << 20  # free heap top kept for reuse before it is returned to the system
+TRIM_THRESHOLD = 64 << 20  # free heap top kept for reuse before it is returned to the system
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
 _ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "EDGEFT_KEEP_MALLOC")
 
