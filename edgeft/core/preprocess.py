@@ -325,15 +325,36 @@ def _dct_reduction(w: int, h: int, spec: PreprocessSpec) -> int:
     return next((k for k in (8, 4, 2) if mx >= k and my >= k and mx % k == 0 and my % k == 0), 1)
 
 
-def _fast_jpeg(data: bytes, label: str, spec: PreprocessSpec, max_pixels: int | None) -> np.ndarray | None:
-    """--fast-preprocess of a JPEG (resampler="opencv"): OpenCV's libjpeg-turbo decodes straight to BGR, at a
-    reduced DCT scale when the kept region allows it, and the non-exact INTER_LINEAR resizes. None when the
-    file is not a plain RGB/greyscale JPEG or OpenCV cannot decode it: the reference path takes it (and
-    reports any error). EXIF orientation is applied as `load_image` does; the pixel budget is checked first."""
-    import cv2
+def _decode_reduced(data: bytes, k: int, size: tuple[int, int]) -> tuple[np.ndarray, bool] | None:
+    """JPEG bytes -> (HxWx3 uint8 at 1/k scale in stored orientation, is_bgr), or None when the decoder refuses.
 
+    libjpeg-turbo through simplejpeg (straight to RGB, its pixels equal to Pillow's full-size decode), else
+    through OpenCV (BGR)."""
+    try:
+        import simplejpeg
+    except ImportError:  # a platform without its wheel: OpenCV's decoder
+        import cv2
+
+        flags = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4}.get(
+            k, cv2.IMREAD_REDUCED_COLOR_8
+        )
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), flags | cv2.IMREAD_IGNORE_ORIENTATION)
+        return (bgr, True) if bgr is not None and bgr.ndim == 3 else None
+    w, h = size
+    try:
+        rgb = simplejpeg.decode_jpeg(data, "RGB", min_height=-(-h // k), min_width=-(-w // k), min_factor=k)
+    except ValueError:  # strict: a corrupt stream is left to the reference decoder and its message
+        return None
+    return rgb, False
+
+
+def _fast_jpeg(data: bytes, label: str, spec: PreprocessSpec, max_pixels: int | None) -> np.ndarray | None:
+    """--fast-preprocess of a JPEG (resampler="opencv"): libjpeg-turbo decodes straight to RGB, at a reduced
+    DCT scale when the kept region allows it, and the non-exact INTER_LINEAR resizes. None when the file is not
+    a plain RGB/greyscale JPEG or the decoder refuses it: the reference path takes it (and reports any error).
+    EXIF orientation is applied as `load_image` does; the pixel budget is checked first."""
     if not data.startswith(b"\xff\xd8\xff") or not data.rstrip(b"\0").endswith(b"\xff\xd9"):
-        return None  # not a JPEG, or a truncated one (OpenCV would return its grey rest; Pillow refuses it)
+        return None  # not a JPEG, or a truncated one (a decoder would return its grey rest; Pillow refuses it)
     with _decode_errors(label):
         img = Image.open(io.BytesIO(data))
         if img.format != "JPEG" or img.mode not in ("RGB", "L"):
@@ -343,16 +364,13 @@ def _fast_jpeg(data: bytes, label: str, spec: PreprocessSpec, max_pixels: int | 
         with contextlib.suppress(Exception):  # as load_image: a broken EXIF block keeps the image as stored
             orientation = int(img.getexif().get(0x0112, 1))
     w, h = img.size if orientation < 5 else img.size[::-1]
-    k = _dct_reduction(w, h, spec)
-    flags = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4}.get(
-        k, cv2.IMREAD_REDUCED_COLOR_8
-    )
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), flags | cv2.IMREAD_IGNORE_ORIENTATION)
-    if bgr is None or bgr.ndim != 3:
+    decoded = _decode_reduced(data, _dct_reduction(w, h, spec), img.size)
+    if decoded is None:
         return None
+    pixels, bgr = decoded
     if orientation in _ORIENT:
-        bgr = np.ascontiguousarray(_ORIENT[orientation](bgr))
-    return normalize(resize_crop_array(bgr, spec, fast=True), spec, bgr=True)
+        pixels = np.ascontiguousarray(_ORIENT[orientation](pixels))
+    return normalize(resize_crop_array(pixels, spec, fast=True), spec, bgr=bgr)
 
 
 def _kept_pixels(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:

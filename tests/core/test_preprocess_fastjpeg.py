@@ -5,6 +5,7 @@ everything that is not a plain, complete JPEG."""
 from __future__ import annotations
 
 import io
+import sys
 
 import numpy as np
 import pytest
@@ -24,6 +25,14 @@ STEP = 1 / 255 / 0.5  # one uint8 step after the bundle's (x / 255 - 0.5) / 0.5
 SPEC = OPENCV.model_copy(update={"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)})
 
 
+@pytest.fixture(params=["simplejpeg", "opencv"])
+def decoder(request, monkeypatch):
+    """Both decoders of the fast path: simplejpeg (installed with edgeft), OpenCV where it is missing."""
+    if request.param == "opencv":
+        monkeypatch.setitem(sys.modules, "simplejpeg", None)  # `import simplejpeg` raises ImportError
+    return request.param
+
+
 def jpeg(a: np.ndarray, mode: str = "RGB", **kw) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(a).convert(mode).save(buf, "JPEG", quality=90, **kw)
@@ -35,7 +44,7 @@ def steps(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("size", [(640, 480), (480, 640), (300, 200)])
-def test_full_size_decode_stays_within_one_step_of_the_reference(size):
+def test_full_size_decode_stays_within_one_step_of_the_reference(size, decoder):
     data = jpeg(smooth_image(*size))
     assert _dct_reduction(*size, SPEC) == 1
     d = steps(preprocess_file(data, SPEC), preprocess_file(data, SPEC, fast=True))
@@ -54,7 +63,7 @@ def test_the_dct_reduction_only_replaces_part_of_the_reference_box_filter():
     assert _dct_reduction(1792, 448, squash) == 2  # factors 8 and 2 on the two axes: the common one
 
 
-def test_a_reduced_decode_is_close_to_the_reference_on_a_large_photo():
+def test_a_reduced_decode_is_close_to_the_reference_on_a_large_photo(decoder):
     data = jpeg(smooth_image(1920, 1080))
     assert _dct_reduction(1920, 1080, SPEC) == 4
     d = steps(preprocess_file(data, SPEC), preprocess_file(data, SPEC, fast=True))
@@ -62,7 +71,7 @@ def test_a_reduced_decode_is_close_to_the_reference_on_a_large_photo():
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))
-def test_exif_orientation_is_applied_as_pillow_applies_it(orientation):
+def test_exif_orientation_is_applied_as_pillow_applies_it(orientation, decoder):
     a = smooth_image(640, 480)
     a[:120, :240] = 0  # a dark corner: any wrong flip or rotation moves it
     exif = Image.Exif()
@@ -72,14 +81,14 @@ def test_exif_orientation_is_applied_as_pillow_applies_it(orientation):
     assert steps(ref, fast).max() <= 1.0 + 1e-4
 
 
-def test_greyscale_jpeg_takes_the_fast_path_and_gives_grey_rgb():
+def test_greyscale_jpeg_takes_the_fast_path_and_gives_grey_rgb(decoder):
     data = jpeg(smooth_image(640, 480), mode="L")
     fast = preprocess_file(data, SPEC, fast=True)
     assert np.array_equal(fast[0], fast[1]) and np.array_equal(fast[1], fast[2])
     assert steps(preprocess_file(data, SPEC), fast).max() <= 1.0 + 1e-4
 
 
-def test_what_is_not_a_plain_complete_jpeg_takes_the_reference_decoder():
+def test_what_is_not_a_plain_complete_jpeg_takes_the_reference_decoder(decoder):
     a = smooth_image(320, 240)
     png = io.BytesIO()
     Image.fromarray(a).save(png, "PNG")
@@ -106,3 +115,11 @@ def test_the_pil_resampler_ignores_the_opencv_decoder():
     data = jpeg(smooth_image(640, 480))
     expected = preprocess(load_image(data), spec, fast=True)
     assert np.array_equal(preprocess_file(data, spec, fast=True), expected)
+
+
+def test_simplejpeg_decodes_the_pixels_pillow_decodes():
+    import simplejpeg
+
+    for size in ((640, 480), (333, 251)):
+        data = jpeg(smooth_image(*size, seed=5))
+        assert np.array_equal(simplejpeg.decode_jpeg(data, "RGB"), np.asarray(load_image(data)))
