@@ -222,16 +222,23 @@ def _normalize_table(mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[n
     return rows
 
 
-def normalize(rgb_uint8: np.ndarray, spec: PreprocessSpec, bgr: bool = False) -> np.ndarray:
+def normalize(
+    rgb_uint8: np.ndarray, spec: PreprocessSpec, bgr: bool = False, out: np.ndarray | None = None
+) -> np.ndarray:
     """HWC uint8 RGB -> CHW float32 (x / 255 - mean) / std: one OpenCV table lookup per channel, written
     straight into its plane of the output (bit-identical to the formula, about half numpy's cost).
-    bgr: the array is in OpenCV's BGR order; the planes come out RGB all the same (no conversion pass)."""
+    bgr: the array is in OpenCV's BGR order; the planes come out RGB all the same (no conversion pass).
+    out: a (3, H, W) float32 array to write into (a row of a batch: no copy afterwards)."""
     import cv2
 
     if rgb_uint8.ndim != 3 or rgb_uint8.shape[2] != 3 or rgb_uint8.dtype != np.uint8:
         raise ValueError(f"normalize takes HxWx3 uint8 RGB, not {rgb_uint8.dtype} {rgb_uint8.shape}")
     tables = _normalize_table(tuple(spec.mean), tuple(spec.std))
-    out = np.empty((3, *rgb_uint8.shape[:2]), np.float32)
+    shape = (3, *rgb_uint8.shape[:2])
+    if out is None:
+        out = np.empty(shape, np.float32)
+    elif out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(f"normalize writes into a contiguous float32 {shape} array, not {out.dtype} {out.shape}")
     planes = cv2.split(np.ascontiguousarray(rgb_uint8))
     for c, plane in enumerate(planes[::-1] if bgr else planes):
         cv2.LUT(plane, tables[c], dst=out[c])
@@ -348,7 +355,9 @@ def _decode_reduced(data: bytes, k: int, size: tuple[int, int]) -> tuple[np.ndar
     return rgb, False
 
 
-def _fast_jpeg(data: bytes, label: str, spec: PreprocessSpec, max_pixels: int | None) -> np.ndarray | None:
+def _fast_jpeg(
+    data: bytes, label: str, spec: PreprocessSpec, max_pixels: int | None, out: np.ndarray | None = None
+) -> np.ndarray | None:
     """--fast-preprocess of a JPEG (resampler="opencv"): libjpeg-turbo decodes straight to RGB, at a reduced
     DCT scale when the kept region allows it, and the non-exact INTER_LINEAR resizes. None when the file is not
     a plain RGB/greyscale JPEG or the decoder refuses it: the reference path takes it (and reports any error).
@@ -370,7 +379,7 @@ def _fast_jpeg(data: bytes, label: str, spec: PreprocessSpec, max_pixels: int | 
     pixels, bgr = decoded
     if orientation in _ORIENT:
         pixels = np.ascontiguousarray(_ORIENT[orientation](pixels))
-    return normalize(resize_crop_array(pixels, spec, fast=True), spec, bgr=bgr)
+    return normalize(resize_crop_array(pixels, spec, fast=True), spec, bgr=bgr, out=out)
 
 
 def _kept_pixels(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
@@ -381,11 +390,14 @@ def _kept_pixels(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
     return np.asarray(img)
 
 
-def preprocess(img: Image.Image | np.ndarray, spec: PreprocessSpec, fast: bool = False) -> np.ndarray:
+def preprocess(
+    img: Image.Image | np.ndarray, spec: PreprocessSpec, fast: bool = False, out: np.ndarray | None = None
+) -> np.ndarray:
     """RGB PIL image or HxWx3 uint8 RGB array -> (3, S, S) float32 ready for the model.
 
     fast: serving's --fast-preprocess, measured against the reference: "pil" resamples only the crop region
     (`resize_crop`), "opencv" resizes with the non-exact INTER_LINEAR (`resize_region`).
+    out: a (3, S, S) float32 array to write the result into (see `normalize`).
     """
     if isinstance(img, np.ndarray) and (img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8):
         raise ImageDecodeError(
@@ -395,11 +407,11 @@ def preprocess(img: Image.Image | np.ndarray, spec: PreprocessSpec, fast: bool =
         )
     if spec.resampler == "opencv":
         if isinstance(img, np.ndarray):
-            return normalize(resize_crop_array(img, spec, fast), spec)
-        return normalize(resize_region(_kept_pixels(to_rgb(img), spec), spec, fast), spec)
+            return normalize(resize_crop_array(img, spec, fast), spec, out=out)
+        return normalize(resize_region(_kept_pixels(to_rgb(img), spec), spec, fast), spec, out=out)
     if isinstance(img, np.ndarray):
         img = frame_image(img)
-    return normalize(np.asarray(resize_crop(to_rgb(img), spec, fast)), spec)
+    return normalize(np.asarray(resize_crop(to_rgb(img), spec, fast)), spec, out=out)
 
 
 def preprocess_batch(images: list[Image.Image], spec: PreprocessSpec) -> np.ndarray:
@@ -418,16 +430,18 @@ def preprocess_file(
     name: str | None = None,
     max_pixels: int | None = None,
     fast: bool = False,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """A file or encoded bytes -> (3, S, S) float32. fast (resampler "opencv"): JPEGs take `_fast_jpeg`."""
+    """A file or encoded bytes -> (3, S, S) float32 (written into `out` when given). fast (resampler "opencv"):
+    JPEGs take `_fast_jpeg`."""
     if fast and spec.resampler == "opencv":
         label = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
         data = _read(source, label)
-        out = _fast_jpeg(data, label, spec, max_pixels)
-        if out is not None:
-            return out
+        done = _fast_jpeg(data, label, spec, max_pixels, out)
+        if done is not None:
+            return done
         source, name = data, label
-    return preprocess(load_image(source, name=name, max_pixels=max_pixels), spec, fast)
+    return preprocess(load_image(source, name=name, max_pixels=max_pixels), spec, fast, out)
 
 
 def preprocess_many(

@@ -62,21 +62,30 @@ def item_source(item: Any, position: int) -> str:
 
 
 def prepare_item(
-    item: Item, spec: PreprocessSpec, source: str | None = None, max_pixels: int | None = None, fast: bool = False
+    item: Item,
+    spec: PreprocessSpec,
+    source: str | None = None,
+    max_pixels: int | None = None,
+    fast: bool = False,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Any supported input -> (3, S, S) float32; raises ImageDecodeError for unusable input.
 
     np.ndarray inputs are either HxWx3 uint8 RGB images (camera frames, preprocessed here without a copy) or
     already preprocessed (3, S, S) float32 tensors (passed through). fast: --fast-preprocess, the measured
-    faster resampling and JPEG decoding of `core.preprocess` (`preprocess`, `preprocess_file`).
+    faster resampling and JPEG decoding of `core.preprocess` (`preprocess`, `preprocess_file`). out: a
+    (3, S, S) float32 array (a batch row) the result is written into; returned.
     """
     s = spec.input_size
     name = source or item_source(item, 0)
     if isinstance(item, np.ndarray):
         if item.dtype == np.float32 and item.shape == (3, s, s):
-            return np.ascontiguousarray(item)
+            if out is None:
+                return np.ascontiguousarray(item)
+            out[...] = item
+            return out
         if item.dtype == np.uint8 and item.ndim == 3 and item.shape[2] == 3 and min(item.shape[:2]) >= 1:
-            return preprocess(item, spec, fast)
+            return preprocess(item, spec, fast, out)
         raise ImageDecodeError(
             f"array of shape {item.shape} and dtype {item.dtype} is neither an HxWx3 uint8 RGB image "
             f"nor a preprocessed (3, {s}, {s}) float32 tensor",
@@ -84,9 +93,9 @@ def prepare_item(
             path=name,
         )
     if isinstance(item, Image.Image):
-        return preprocess(item, spec, fast)
+        return preprocess(item, spec, fast, out)
     if isinstance(item, (str, Path, bytes)):
-        return preprocess_file(item, spec, name, max_pixels, fast)
+        return preprocess_file(item, spec, name, max_pixels, fast, out)
     raise ImageDecodeError(
         f"unsupported input type {type(item).__name__}; pass a path, bytes, PIL image or numpy array",
         reason="unsupported_type",
@@ -103,7 +112,7 @@ def failed_prediction(source: str, exc: BaseException) -> Prediction:
 
 def _pipelined(
     items: Iterable[Any],
-    prepare: Callable[[Any, int], np.ndarray],
+    prepare: Callable[[Any, int, np.ndarray], np.ndarray],
     batch_size: int,
     pool: ThreadPoolExecutor,
     shape: tuple[int, ...],
@@ -132,7 +141,10 @@ def _pipelined(
             for j in rows:
                 i, item = chunk[j]
                 try:
-                    out[j] = prepare(item, i)
+                    row = out[j]
+                    res = prepare(item, i, row)  # written straight into its row
+                    if res is not row:
+                        row[...] = res
                 except Exception as exc:
                     failed[j] = exc
             return failed
@@ -351,8 +363,8 @@ class Predictor:
     def predict_iter(self, items: Iterable[Item]) -> Iterator[Prediction]:
         """Predictions for a (possibly endless) iterable; decoding batch k+1 overlaps inference of batch k."""
 
-        def prepare(item: Item, i: int) -> np.ndarray:
-            return prepare_item(item, self.spec, item_source(item, i), fast=self.fast_preprocess)
+        def prepare(item: Item, i: int, row: np.ndarray) -> np.ndarray:
+            return prepare_item(item, self.spec, item_source(item, i), fast=self.fast_preprocess, out=row)
 
         s = self.spec.input_size
         for chunk, batch, failed in _pipelined(

@@ -123,3 +123,21 @@ def test_simplejpeg_decodes_the_pixels_pillow_decodes():
     for size in ((640, 480), (333, 251)):
         data = jpeg(smooth_image(*size, seed=5))
         assert np.array_equal(simplejpeg.decode_jpeg(data, "RGB"), np.asarray(load_image(data)))
+
+
+def test_every_input_kind_can_be_written_straight_into_a_batch_row(tmp_path):
+    from edgeft.serve.predictor import prepare_item
+
+    frame = smooth_image(640, 480)
+    data = jpeg(frame)
+    path = tmp_path / "f.jpg"
+    path.write_bytes(data)
+    tensor = preprocess(frame, SPEC)
+    batch = np.full((6, 3, 224, 224), np.nan, np.float32)
+    items = [frame, data, path, Image.fromarray(frame), tensor, data]
+    for j, (item, fast) in enumerate(zip(items, [False, False, True, False, False, True], strict=True)):
+        row = batch[j]
+        assert prepare_item(item, SPEC, fast=fast, out=row) is row
+        assert np.array_equal(row, prepare_item(item, SPEC, fast=fast))
+    with pytest.raises(ValueError, match="float32"):
+        preprocess(frame, SPEC, out=np.empty((3, 224, 224), np.float64))
