@@ -9,8 +9,8 @@ for decoded 640x480 frames (preprocess only, the camera path). Five implementati
   pil fast:  resampler "pil" with --fast-preprocess (only the crop region is resampled);
   opencv:    resampler "opencv", the default of new runs (region first, integer box filter, bit-exact
              bilinear; it is the reference of the runs that use it, not an approximation of "pil");
-  cv fast:   resampler "opencv" with --fast-preprocess (OpenCV JPEG decoding, DCT-reduced where the box
-             filter allows, and the non-exact INTER_LINEAR).
+  cv fast:   resampler "opencv" with --fast-preprocess (libjpeg-turbo JPEG decoding through simplejpeg,
+             DCT-reduced where the box filter allows, and the non-exact INTER_LINEAR).
 The process tunes glibc malloc as the CLI does (core/allocator.py; --default-malloc keeps glibc's defaults).
 Agreement: every JPEG through the bundle's ONNX FP32 engine with each fast path's inputs against its reference's
 (pil fast vs pil, cv fast vs opencv), compared by THE comparator (top-1 agreement with its 95% Wilson interval,

@@ -7,7 +7,8 @@ on a handful of images cannot tell 99% from 95%. By default min_n is derived fro
 n at which even a flawless result (no flip) has its Wilson lower bound at or above min_agreement, i.e.
 n >= z^2 p / (1 - p): 381 images at p = 0.99, 765 at 0.995 (95% confidence).
 With serving's --fast-preprocess inputs (`parity --fast-preprocess`) the logits cannot match to 1e-4, so an FP32
-artifact is judged on top-1 agreement >= FAST_FP32_AGREEMENT instead, and reduced precisions as always.
+artifact is judged on top-1 agreement >= FAST_FP32_AGREEMENT instead, from min_n images like a reduced
+precision; reduced precisions are judged as always.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ class Gate(GateSettings):
             if c.delta_accuracy_pts is not None and -c.delta_accuracy_pts > self.max_drop:
                 reasons.append(f"{precision} accuracy drop {-c.delta_accuracy_pts:.2f} pts > {self.max_drop:.2f} pts")
         verdict = FAIL if reasons else PASS
-        if not reasons and precision != "fp32" and c.n < (self.min_n or 0):
+        if not reasons and (precision != "fp32" or fast_inputs) and c.n < (self.min_n or 0):
             verdict = TOO_FEW
             reasons.append(
                 f"judged on {c.n} images; the gate certifies {self.min_agreement:.2%} agreement from {self.min_n} "

@@ -259,10 +259,12 @@ def run_parity(
         rep.task("preprocess (--fast-preprocess)", len(kept))
         x, again = kept.load(bundle.preprocess, rep.advance, fast=True)
         if len(again) != len(kept):  # the fast path falls back to the reference for anything it cannot decode
+            lost = again.skipped[len(kept.skipped) :]
             raise EdgeftError(
-                f"{len(kept) - len(again)} image(s) decoded with THE preprocessing but not with --fast-preprocess",
+                f"{len(lost)} image(s) decoded with THE preprocessing but not with --fast-preprocess, e.g. "
+                + "; ".join(f"{x['source']} ({x['error']})" for x in lost[:3]),
                 path=data or run_dir,
-                fix="run parity without --fast-preprocess and report the image",
+                fix="run parity without --fast-preprocess, and report these images as an edgeft bug",
             )
     sources = [str(p) for p in kept.paths]
     labels = kept.label_indices(bundle.classes)
@@ -291,7 +293,8 @@ def run_parity(
             if ref_out.cached:
                 ref_note += " (its logits on these images from the cache export or parity filled)"
     results: dict[str, BackendResult] = {}
-    others = [t for t in targets if t.key != ref_name]
+    # with --fast-preprocess the reference artifact itself is judged too: on fast inputs against its exact ones
+    others = targets if fast_preprocess else [t for t in targets if t.key != ref_name]
     for i, t in enumerate(others, 1):
         rep.task(f"{i}/{len(others)} {t.key}", len(kept))  # one bar per backend: loading and every image show
         results[t.key] = evaluate_target(
@@ -325,6 +328,7 @@ def run_parity(
         reference_note=ref_note,
         data=kept.origin,
         preprocess="fast" if fast_preprocess else "reference",
+        bundle_sha256=sha256_file(bundle_dir / "bundle.json"),
         n_images=len(kept),
         gate=gate.settings(),
         backends=results,

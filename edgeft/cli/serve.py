@@ -38,8 +38,8 @@ FAST = typer.Option(
     False,
     "--fast-preprocess",
     help="Faster preprocessing, not bit-exact (its agreement: `edgeft parity --fast-preprocess`): opencv runs "
-    "resize with INTER_LINEAR and decode JPEGs with OpenCV, reduced in size where the crop allows; pil runs "
-    "resample only the crop region.",
+    "decode JPEGs with libjpeg-turbo (simplejpeg), reduced in size where the box filter allows, and resize with "
+    "INTER_LINEAR; pil runs resample only the crop region.",
 )
 
 

@@ -322,14 +322,31 @@ _ORIENT: dict[int, Callable[[np.ndarray], np.ndarray]] = {
 }
 
 
+def _box_region(w: int, h: int, spec: PreprocessSpec) -> tuple[int, int, int, int, int, int]:
+    """(left, top, width, height, kx, ky) in source pixels of what the reference box-filters: the kept region
+    trimmed to whole multiples of its factors kx, ky (as `_whole_factor_reduce` trims it)."""
+    left, top, rw, rh = _opencv_box(w, h, spec)
+    s = spec.input_size
+    kx, ky = max(1, rw // s), max(1, rh // s)
+    if kx < 2 and ky < 2:
+        return left, top, rw, rh, 1, 1
+    tw, th = (rw // kx) * kx, (rh // ky) * ky
+    return left + (rw - tw) // 2, top + (rh - th) // 2, tw, th, kx, ky
+
+
 def _dct_reduction(w: int, h: int, spec: PreprocessSpec) -> int:
-    """The JPEG DCT scale-down (8, 4, 2, else 1) for --fast-preprocess: the largest that divides the whole factor
-    the reference box-filters the kept region by on each axis, so that the reduced decode stands in for part of
-    that box filter and the rest of the pipeline is unchanged (never an upscale, never a bilinear shrink that
-    the reference does not make)."""
-    _, _, rw, rh = _opencv_box(w, h, spec)
-    mx, my = rw // spec.input_size, rh // spec.input_size
-    return next((k for k in (8, 4, 2) if mx >= k and my >= k and mx % k == 0 and my % k == 0), 1)
+    """The JPEG DCT scale-down (8, 4, 2, else 1) for --fast-preprocess of a w x h (as displayed) image.
+
+    The largest k that divides the image size (no partial DCT block, so a flip or rotation keeps the blocks
+    aligned) and the whole factors the reference box-filters the kept region by: each reduced pixel then
+    averages k x k source pixels, and the rest of the box filter and the bilinear resize are applied as the
+    reference applies them. The region's offset is rounded to whole reduced pixels, a shift of at most k/2
+    source pixels (half a pixel after the box filter). Never with nearest-neighbour sampling, which the
+    reference does not box-filter."""
+    if spec.interpolation == "nearest":
+        return 1
+    _, _, _, _, kx, ky = _box_region(w, h, spec)
+    return next((k for k in (8, 4, 2) if kx % k == 0 and ky % k == 0 and not (w % k or h % k)), 1)
 
 
 def _decode_reduced(data: bytes, k: int, size: tuple[int, int]) -> tuple[np.ndarray, bool] | None:
@@ -362,24 +379,31 @@ def _fast_jpeg(
     DCT scale when the kept region allows it, and the non-exact INTER_LINEAR resizes. None when the file is not
     a plain RGB/greyscale JPEG or the decoder refuses it: the reference path takes it (and reports any error).
     EXIF orientation is applied as `load_image` does; the pixel budget is checked first."""
-    if not data.startswith(b"\xff\xd8\xff") or not data.rstrip(b"\0").endswith(b"\xff\xd9"):
+    complete = data.endswith(b"\xff\xd9") or data.rstrip(b"\0").endswith(b"\xff\xd9")
+    if not data.startswith(b"\xff\xd8\xff") or not complete:
         return None  # not a JPEG, or a truncated one (a decoder would return its grey rest; Pillow refuses it)
     with _decode_errors(label):
         img = Image.open(io.BytesIO(data))
         if img.format != "JPEG" or img.mode not in ("RGB", "L"):
             return None
         check_pixels(img.size, max_pixels, label)
-        orientation = 1
+        orient = None
         with contextlib.suppress(Exception):  # as load_image: a broken EXIF block keeps the image as stored
-            orientation = int(img.getexif().get(0x0112, 1))
-    w, h = img.size if orientation < 5 else img.size[::-1]
-    decoded = _decode_reduced(data, _dct_reduction(w, h, spec), img.size)
+            orient = _ORIENT.get(img.getexif().get(0x0112, 1))  # the raw tag, looked up as exif_transpose does
+    w, h = img.size[::-1] if orient in (_ORIENT[5], _ORIENT[6], _ORIENT[7], _ORIENT[8]) else img.size
+    k = _dct_reduction(w, h, spec)
+    decoded = _decode_reduced(data, k, img.size)
     if decoded is None:
         return None
     pixels, bgr = decoded
-    if orientation in _ORIENT:
-        pixels = np.ascontiguousarray(_ORIENT[orientation](pixels))
-    return normalize(resize_crop_array(pixels, spec, fast=True), spec, bgr=bgr, out=out)
+    if orient is not None:
+        pixels = np.ascontiguousarray(orient(pixels))
+    if k == 1:
+        return normalize(resize_crop_array(pixels, spec, fast=True), spec, bgr=bgr, out=out)
+    x0, y0, tw, th, _, _ = _box_region(w, h, spec)  # k divides the sizes; the offsets are rounded
+    left, top = min(round(x0 / k), (w - tw) // k), min(round(y0 / k), (h - th) // k)
+    region = pixels[top : top + th // k, left : left + tw // k]
+    return normalize(resize_region(region, spec, fast=True), spec, bgr=bgr, out=out)
 
 
 def _kept_pixels(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:

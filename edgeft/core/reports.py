@@ -75,6 +75,7 @@ class ParityReport(Doc):
     data: str
     n_images: int
     preprocess: str = "reference"  # "fast": the backends got serving's --fast-preprocess inputs
+    bundle_sha256: str | None = None  # of the bundle.json judged: a verdict is not carried to another bundle
     gate: GateSettings
     backends: dict[str, BackendResult]
     skipped_backends: dict[str, str] = Field(default_factory=dict)

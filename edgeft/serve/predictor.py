@@ -306,6 +306,10 @@ class Predictor:
             report = ParityReport.load(path)
         except EdgeftError as exc:
             return [f"--fast-preprocess: {path} is unreadable ({exc.message})"]
+        if report.preprocess != "fast" or report.bundle_sha256 != self.bundle_sha256:
+            return [f"--fast-preprocess: {path} was not written by `edgeft parity --fast-preprocess` for this bundle"]
+        if report.checks:
+            return [f"--fast-preprocess: parity found the bundle itself wrong ({'; '.join(report.checks)})"]
         results = [b for b in report.backends.values() if b.artifact == artifact]
         if not results:
             return [f"--fast-preprocess was not checked on artifact {artifact} ({path})"]

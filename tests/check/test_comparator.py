@@ -122,3 +122,5 @@ def test_fp32_fed_fast_preprocess_inputs_is_judged_on_agreement_not_logits():
     assert not r.passed and "--fast-preprocess" in r.reasons[0] and "0.9980" in r.reasons[0]
     assert not gate.judge("fp32", _cmp(1000, 1000, max_diff=0.3)).passed  # the exact path keeps its tolerance
     assert not gate.judge("int8", _cmp(985, 1000), fast_inputs=True).passed  # reduced precisions: unchanged
+    few = Gate(min_agreement=0.99, min_n=381).judge("fp32", _cmp(100, 100, max_diff=0.3), fast_inputs=True)
+    assert few.verdict == "too few images" and not few.passed  # certified from min_n images, as reduced ones

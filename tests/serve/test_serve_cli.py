@@ -82,8 +82,11 @@ def test_fast_preprocess_warns_until_parity_fast_preprocess_passed_the_artifact(
     assert (bdir / "parity.fast.json").is_file()
     assert ((bdir / "parity.json").read_bytes() if before is not None else None) == before, "the exact verdict stays"
     checked = invoke(*args)
-    assert ("WARNING" in checked.stderr) == (not report.passed)
+    assert report.passed and "WARNING" not in checked.stderr
     doc = json.loads((bdir / "parity.fast.json").read_text())
+    other = dict(doc, bundle_sha256="0" * 64)  # a verdict copied from another bundle does not count here
+    (bdir / "parity.fast.json").write_text(json.dumps(other))
+    assert "was not written by `edgeft parity --fast-preprocess` for this bundle" in invoke(*args).stderr
     for b in doc["backends"].values():
         b["gate"].update(passed=False, verdict="fail", reasons=["planted: 0.99 < 0.999"])
     (bdir / "parity.fast.json").write_text(json.dumps(doc))
