@@ -125,7 +125,7 @@ def _read(source: str | Path | bytes, label: str) -> bytes:
 
 
 @contextlib.contextmanager
-def _decode_errors(label: str) -> Iterator[None]:
+def decode_errors(label: str) -> Iterator[None]:
     """Pillow's exceptions -> one ImageDecodeError with a short reason tag."""
     try:
         with warnings.catch_warnings():
@@ -144,7 +144,7 @@ def image_size(source: str | Path | bytes, name: str | None = None) -> tuple[int
     """(width, height) from the image header alone: nothing is decoded (a pixel budget is checked before decoding)."""
     label = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
     data = _read(source, label)
-    with _decode_errors(label), Image.open(io.BytesIO(data)) as img:
+    with decode_errors(label), Image.open(io.BytesIO(data)) as img:
         return img.size
 
 
@@ -168,7 +168,7 @@ def load_image(source: str | Path | bytes, name: str | None = None, max_pixels: 
     """
     label = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
     data = _read(source, label)
-    with _decode_errors(label):
+    with decode_errors(label):
         img = Image.open(io.BytesIO(data))
         check_pixels(img.size, max_pixels, label)
         img.load()
@@ -253,7 +253,7 @@ def frame_image(rgb_uint8: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(rgb_uint8), "RGB")
 
 
-def _opencv_box(w: int, h: int, spec: PreprocessSpec) -> tuple[int, int, int, int]:
+def kept_region(w: int, h: int, spec: PreprocessSpec) -> tuple[int, int, int, int]:
     """(left, top, width, height) of the source region that becomes the model input (resampler="opencv").
 
     center: a centred square whose side is the shorter side x input_size / resize_size (the region the
@@ -265,18 +265,25 @@ def _opencv_box(w: int, h: int, spec: PreprocessSpec) -> tuple[int, int, int, in
     return (w - side) // 2, (h - side) // 2, side, side
 
 
-def _whole_factor_reduce(region: np.ndarray, size: int) -> np.ndarray:
-    """Box-filter `region` by the whole factor k = floor(side / size) on each axis (k >= 2 only): an exact
-    integer average of k x k blocks (OpenCV's INTER_AREA at an integer scale). The region is first trimmed
-    symmetrically to a multiple of k (fewer than k pixels per axis)."""
-    import cv2  # loaded on first use: `edgeft --help` does not pay for OpenCV
-
-    h, w = region.shape[:2]
+def box_trim(w: int, h: int, size: int) -> tuple[int, int, int, int, int, int]:
+    """(x0, y0, width, height, kx, ky): the whole box-filter factors kx = floor(w / size), ky = floor(h / size)
+    (at least 1) of a w x h region, and its centred part trimmed to whole multiples of them (fewer than k
+    pixels per axis); untrimmed when both factors are 1."""
     kx, ky = max(1, w // size), max(1, h // size)
     if kx < 2 and ky < 2:
-        return region
+        return 0, 0, w, h, 1, 1
     tw, th = (w // kx) * kx, (h // ky) * ky
-    x0, y0 = (w - tw) // 2, (h - th) // 2
+    return (w - tw) // 2, (h - th) // 2, tw, th, kx, ky
+
+
+def _whole_factor_reduce(region: np.ndarray, size: int) -> np.ndarray:
+    """Box-filter `region` by its whole factors (`box_trim`, k >= 2 only): an exact integer average of k x k
+    blocks (OpenCV's INTER_AREA at an integer scale) of the trimmed region."""
+    import cv2  # loaded on first use: `edgeft --help` does not pay for OpenCV
+
+    x0, y0, tw, th, kx, ky = box_trim(region.shape[1], region.shape[0], size)
+    if kx == ky == 1:
+        return region
     region = region[y0 : y0 + th, x0 : x0 + tw]
     return cv2.resize(region, (tw // kx, th // ky), interpolation=cv2.INTER_AREA)
 
@@ -297,7 +304,6 @@ def resize_region(region: np.ndarray, spec: PreprocessSpec, fast: bool = False) 
         flag = cv2.INTER_NEAREST_EXACT
     else:
         flag = cv2.INTER_LINEAR if fast else cv2.INTER_LINEAR_EXACT
-    if spec.interpolation != "nearest":
         region = _whole_factor_reduce(region, s)
     if region.shape[:2] == (s, s):
         return np.ascontiguousarray(region)
@@ -306,109 +312,13 @@ def resize_region(region: np.ndarray, spec: PreprocessSpec, fast: bool = False) 
 
 def resize_crop_array(rgb: np.ndarray, spec: PreprocessSpec, fast: bool = False) -> np.ndarray:
     """resampler="opencv": HxWx3 uint8 RGB -> (S, S, 3) uint8; the region is cut as a view (no copy)."""
-    left, top, w, h = _opencv_box(rgb.shape[1], rgb.shape[0], spec)
+    left, top, w, h = kept_region(rgb.shape[1], rgb.shape[0], spec)
     return resize_region(rgb[top : top + h, left : left + w], spec, fast)
-
-
-# EXIF orientation -> the numpy view of PIL's ImageOps.exif_transpose (tested equal for all eight)
-_ORIENT: dict[int, Callable[[np.ndarray], np.ndarray]] = {
-    2: lambda a: a[:, ::-1],
-    3: lambda a: a[::-1, ::-1],
-    4: lambda a: a[::-1],
-    5: lambda a: a.transpose(1, 0, 2),
-    6: lambda a: np.rot90(a, -1),
-    7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),
-    8: lambda a: np.rot90(a, 1),
-}
-
-
-def _box_region(w: int, h: int, spec: PreprocessSpec) -> tuple[int, int, int, int, int, int]:
-    """(left, top, width, height, kx, ky) in source pixels of what the reference box-filters: the kept region
-    trimmed to whole multiples of its factors kx, ky (as `_whole_factor_reduce` trims it)."""
-    left, top, rw, rh = _opencv_box(w, h, spec)
-    s = spec.input_size
-    kx, ky = max(1, rw // s), max(1, rh // s)
-    if kx < 2 and ky < 2:
-        return left, top, rw, rh, 1, 1
-    tw, th = (rw // kx) * kx, (rh // ky) * ky
-    return left + (rw - tw) // 2, top + (rh - th) // 2, tw, th, kx, ky
-
-
-def _dct_reduction(w: int, h: int, spec: PreprocessSpec) -> int:
-    """The JPEG DCT scale-down (8, 4, 2, else 1) for --fast-preprocess of a w x h (as displayed) image.
-
-    The largest k that divides the image size (no partial DCT block, so a flip or rotation keeps the blocks
-    aligned) and the whole factors the reference box-filters the kept region by: each reduced pixel then
-    averages k x k source pixels, and the rest of the box filter and the bilinear resize are applied as the
-    reference applies them. The region's offset is rounded to whole reduced pixels, a shift of at most k/2
-    source pixels (half a pixel after the box filter). Never with nearest-neighbour sampling, which the
-    reference does not box-filter."""
-    if spec.interpolation == "nearest":
-        return 1
-    _, _, _, _, kx, ky = _box_region(w, h, spec)
-    return next((k for k in (8, 4, 2) if kx % k == 0 and ky % k == 0 and not (w % k or h % k)), 1)
-
-
-def _decode_reduced(data: bytes, k: int, size: tuple[int, int]) -> tuple[np.ndarray, bool] | None:
-    """JPEG bytes -> (HxWx3 uint8 at 1/k scale in stored orientation, is_bgr), or None when the decoder refuses.
-
-    libjpeg-turbo through simplejpeg (straight to RGB, its pixels equal to Pillow's full-size decode), else
-    through OpenCV (BGR)."""
-    try:
-        import simplejpeg
-    except ImportError:  # a platform without its wheel: OpenCV's decoder
-        import cv2
-
-        flags = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4}.get(
-            k, cv2.IMREAD_REDUCED_COLOR_8
-        )
-        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), flags | cv2.IMREAD_IGNORE_ORIENTATION)
-        return (bgr, True) if bgr is not None and bgr.ndim == 3 else None
-    w, h = size
-    try:
-        rgb = simplejpeg.decode_jpeg(data, "RGB", min_height=-(-h // k), min_width=-(-w // k), min_factor=k)
-    except ValueError:  # strict: a corrupt stream is left to the reference decoder and its message
-        return None
-    return rgb, False
-
-
-def _fast_jpeg(
-    data: bytes, label: str, spec: PreprocessSpec, max_pixels: int | None, out: np.ndarray | None = None
-) -> np.ndarray | None:
-    """--fast-preprocess of a JPEG (resampler="opencv"): libjpeg-turbo decodes straight to RGB, at a reduced
-    DCT scale when the kept region allows it, and the non-exact INTER_LINEAR resizes. None when the file is not
-    a plain RGB/greyscale JPEG or the decoder refuses it: the reference path takes it (and reports any error).
-    EXIF orientation is applied as `load_image` does; the pixel budget is checked first."""
-    complete = data.endswith(b"\xff\xd9") or data.rstrip(b"\0").endswith(b"\xff\xd9")
-    if not data.startswith(b"\xff\xd8\xff") or not complete:
-        return None  # not a JPEG, or a truncated one (a decoder would return its grey rest; Pillow refuses it)
-    with _decode_errors(label):
-        img = Image.open(io.BytesIO(data))
-        if img.format != "JPEG" or img.mode not in ("RGB", "L"):
-            return None
-        check_pixels(img.size, max_pixels, label)
-        orient = None
-        with contextlib.suppress(Exception):  # as load_image: a broken EXIF block keeps the image as stored
-            orient = _ORIENT.get(img.getexif().get(0x0112, 1))  # the raw tag, looked up as exif_transpose does
-    w, h = img.size[::-1] if orient in (_ORIENT[5], _ORIENT[6], _ORIENT[7], _ORIENT[8]) else img.size
-    k = _dct_reduction(w, h, spec)
-    decoded = _decode_reduced(data, k, img.size)
-    if decoded is None:
-        return None
-    pixels, bgr = decoded
-    if orient is not None:
-        pixels = np.ascontiguousarray(orient(pixels))
-    if k == 1:
-        return normalize(resize_crop_array(pixels, spec, fast=True), spec, bgr=bgr, out=out)
-    x0, y0, tw, th, _, _ = _box_region(w, h, spec)  # k divides the sizes; the offsets are rounded
-    left, top = min(round(x0 / k), (w - tw) // k), min(round(y0 / k), (h - th) // k)
-    region = pixels[top : top + th // k, left : left + tw // k]
-    return normalize(resize_region(region, spec, fast=True), spec, bgr=bgr, out=out)
 
 
 def _kept_pixels(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
     """The pixels of the region `resize_crop_array` keeps, cut in PIL so that only they are copied out."""
-    left, top, w, h = _opencv_box(img.width, img.height, spec)
+    left, top, w, h = kept_region(img.width, img.height, spec)
     if (w, h) != img.size:
         img = img.crop((left, top, left + w, top + h))
     return np.asarray(img)
@@ -457,11 +367,13 @@ def preprocess_file(
     out: np.ndarray | None = None,
 ) -> np.ndarray:
     """A file or encoded bytes -> (3, S, S) float32 (written into `out` when given). fast (resampler "opencv"):
-    JPEGs take `_fast_jpeg`."""
+    JPEGs take `core.fastjpeg`."""
     if fast and spec.resampler == "opencv":
         label = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
         data = _read(source, label)
-        done = _fast_jpeg(data, label, spec, max_pixels, out)
+        from edgeft.core.fastjpeg import fast_jpeg  # after the first call, a dictionary lookup
+
+        done = fast_jpeg(data, label, spec, max_pixels, out)
         if done is not None:
             return done
         source, name = data, label

@@ -12,13 +12,8 @@ import pytest
 from PIL import Image
 
 from edgeft.core.errors import ImageDecodeError
-from edgeft.core.preprocess import (
-    PreprocessSpec,
-    _dct_reduction,
-    load_image,
-    preprocess,
-    preprocess_file,
-)
+from edgeft.core.fastjpeg import dct_reduction
+from edgeft.core.preprocess import PreprocessSpec, load_image, preprocess, preprocess_file
 from tests.core.test_preprocess_opencv import OPENCV, smooth_image
 
 STEP = 1 / 255 / 0.5  # one uint8 step after the bundle's (x / 255 - 0.5) / 0.5
@@ -46,7 +41,7 @@ def steps(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("size", [(640, 480), (480, 640), (300, 200)])
 def test_full_size_decode_stays_within_one_step_of_the_reference(size, decoder):
     data = jpeg(smooth_image(*size))
-    assert _dct_reduction(*size, SPEC) == 1
+    assert dct_reduction(*size, SPEC) == 1
     d = steps(preprocess_file(data, SPEC), preprocess_file(data, SPEC, fast=True))
     assert d.max() <= 1.0 + 1e-4
     assert 0 < d.mean() < 0.3  # INTER_LINEAR is not INTER_LINEAR_EXACT: some pixels differ, by one step
@@ -54,16 +49,16 @@ def test_full_size_decode_stays_within_one_step_of_the_reference(size, decoder):
 
 def test_the_dct_reduction_only_replaces_part_of_the_reference_box_filter():
     # kept region side = shorter side x 224/256; the reference box-filters it by floor(side / 224)
-    assert _dct_reduction(1280, 720, SPEC) == 2  # side 630: factor 2
-    assert _dct_reduction(1920, 1080, SPEC) == 4  # side 945: factor 4
-    assert _dct_reduction(4000, 3000, SPEC) == 1  # side 2625: factor 11, which no DCT scale divides
-    assert _dct_reduction(2048, 2048, SPEC) == 8  # side 1792: factor 8
-    assert _dct_reduction(640, 480, SPEC) == 1  # side 420: no box filter, so no reduction
+    assert dct_reduction(1280, 720, SPEC) == 2  # side 630: factor 2
+    assert dct_reduction(1920, 1080, SPEC) == 4  # side 945: factor 4
+    assert dct_reduction(4000, 3000, SPEC) == 1  # side 2625: factor 11, which no DCT scale divides
+    assert dct_reduction(2048, 2048, SPEC) == 8  # side 1792: factor 8
+    assert dct_reduction(640, 480, SPEC) == 1  # side 420: no box filter, so no reduction
     squash = SPEC.model_copy(update={"crop": "squash"})
-    assert _dct_reduction(1792, 448, squash) == 2  # factors 8 and 2 on the two axes: the common one
-    assert _dct_reduction(1921, 1081, SPEC) == 1  # a partial DCT block: a flip would misalign the blocks
+    assert dct_reduction(1792, 448, squash) == 2  # factors 8 and 2 on the two axes: the common one
+    assert dct_reduction(1921, 1081, SPEC) == 1  # a partial DCT block: a flip would misalign the blocks
     nearest = SPEC.model_copy(update={"interpolation": "nearest"})
-    assert _dct_reduction(1920, 1080, nearest) == 1  # nearest samples pixels; the reference never averages
+    assert dct_reduction(1920, 1080, nearest) == 1  # nearest samples pixels; the reference never averages
 
 
 @pytest.mark.parametrize("orientation", [1, 3, 6, 7])
