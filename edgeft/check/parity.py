@@ -262,7 +262,7 @@ def run_parity(
             lost = again.skipped[len(kept.skipped) :]
             raise EdgeftError(
                 f"{len(lost)} image(s) decoded with THE preprocessing but not with --fast-preprocess, e.g. "
-                + "; ".join(f"{x['source']} ({x['error']})" for x in lost[:3]),
+                + "; ".join(f"{s['source']} ({s['error']})" for s in lost[:3]),
                 path=data or run_dir,
                 fix="run parity without --fast-preprocess, and report these images as an edgeft bug",
             )

@@ -114,6 +114,11 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def _label(source: str | Path | bytes, name: str | None) -> str:
+    """How messages name an input: the caller's name, else the path, else "<bytes>"."""
+    return name or (str(source) if not isinstance(source, bytes) else "<bytes>")
+
+
 def _read(source: str | Path | bytes, label: str) -> bytes:
     try:
         data = source if isinstance(source, bytes) else Path(source).read_bytes()
@@ -142,7 +147,7 @@ def decode_errors(label: str) -> Iterator[None]:
 
 def image_size(source: str | Path | bytes, name: str | None = None) -> tuple[int, int]:
     """(width, height) from the image header alone: nothing is decoded (a pixel budget is checked before decoding)."""
-    label = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
+    label = _label(source, name)
     data = _read(source, label)
     with decode_errors(label), Image.open(io.BytesIO(data)) as img:
         return img.size
@@ -166,7 +171,7 @@ def load_image(source: str | Path | bytes, name: str | None = None, max_pixels: 
     (max_pixels) for an image whose header declares more pixels than allowed, before any pixel is decoded.
     Pillow's decompression-bomb guard stays on (Image.MAX_IMAGE_PIXELS is never changed).
     """
-    label = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
+    label = _label(source, name)
     data = _read(source, label)
     with decode_errors(label):
         img = Image.open(io.BytesIO(data))
@@ -348,16 +353,6 @@ def preprocess(
     return normalize(np.asarray(resize_crop(to_rgb(img), spec, fast)), spec, out=out)
 
 
-def preprocess_batch(images: list[Image.Image], spec: PreprocessSpec) -> np.ndarray:
-    if not images:
-        return np.zeros((0, 3, spec.input_size, spec.input_size), np.float32)
-    return np.stack([preprocess(im, spec) for im in images])
-
-
-def preprocess_path(path: str | Path, spec: PreprocessSpec) -> np.ndarray:
-    return preprocess(load_image(path), spec)
-
-
 def preprocess_file(
     source: str | Path | bytes,
     spec: PreprocessSpec,
@@ -369,7 +364,7 @@ def preprocess_file(
     """A file or encoded bytes -> (3, S, S) float32 (written into `out` when given). fast (resampler "opencv"):
     JPEGs take `core.fastjpeg`."""
     if fast and spec.resampler == "opencv":
-        label = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
+        label = _label(source, name)
         data = _read(source, label)
         from edgeft.core.fastjpeg import fast_jpeg  # after the first call, a dictionary lookup
 

@@ -9,7 +9,7 @@ import pytest
 
 from edgeft.core.errors import EdgeftError
 from edgeft.core.manifests import ModelManifest, SplitItem, SplitsDoc
-from edgeft.core.preprocess import PreprocessSpec, preprocess_path
+from edgeft.core.preprocess import PreprocessSpec, preprocess_file
 from edgeft.export.calibration import calibration_key, prepare, select_calibration
 
 CLASSES = ["a", "b", "c"]
@@ -96,7 +96,7 @@ def test_prepare_reads_the_calib_images_with_the_shared_preprocessing(tiny_run):
     assert cal.doc.count == len(splits.of("calib")) == len(cal.tensors)
     by_path = {it.path: it for it in splits.items}
     assert all(by_path[im.path].split == "calib" and by_path[im.path].sha256 == im.sha256 for im in cal.doc.images)
-    expected = np.stack([preprocess_path(splits.abspath(by_path[im.path]), spec) for im in cal.doc.images])
+    expected = np.stack([preprocess_file(splits.abspath(by_path[im.path]), spec) for im in cal.doc.images])
     np.testing.assert_array_equal(cal.tensors, expected)
     assert prepare(splits, classes, spec, manifest.weights.sha256, 300, "minmax").key == cal.key
     others = {
