@@ -62,15 +62,14 @@ def _epoch_reporter(rep: Reporter):
     return on_epoch
 
 
-def _head_phase(cfg, bb, n_classes, data, fit_cfg, rep, ck: Checkpoint, dist: Dist):
+def _head_phase(cfg, bb, n_classes, data, fit_cfg, rep, ck: Checkpoint, dist: Dist, weights_sha: str):
     """Phase 1: cached features of the frozen backbone; head candidates chosen on val, refit on train+val.
 
-    (head, choice, phase record, features per role)."""
+    weights_sha: `weights_digest` of the frozen backbone (the feature cache's key). (head, choice, phase record,
+    features per role)."""
     threads = dist.threads() if dist.active else None
     with dist.cache_writer_first():  # one export of the backbone into the cache per machine
-        fx = FeatureExtractor(
-            bb.module, bb.preprocess, weights_digest(bb.module), bb.arch, device=fit_cfg.device, threads=threads
-        )
+        fx = FeatureExtractor(bb.module, bb.preprocess, weights_sha, bb.arch, device=fit_cfg.device, threads=threads)
     shard = dist if dist.active else None
     feats = {}
     for s in ROLES:
@@ -144,7 +143,9 @@ def _logits(model: Classifier, data: Split, feats: np.ndarray | None) -> np.ndar
     return evaluate(model, loader, torch.nn.CrossEntropyLoss(), "cpu")[2]
 
 
-def _fit_model(cfg: TrainConfig, bb: Backbone, n_classes: int, data: dict[str, Split], device: str, rep, ck, dist):
+def _fit_model(
+    cfg: TrainConfig, bb: Backbone, n_classes: int, data: dict[str, Split], device: str, rep, ck, dist, weights_sha: str
+):
     fit_cfg = FitConfig(
         cfg.epochs, cfg.lr, cfg.weight_decay, cfg.batch_size, cfg.patience, device=device, seed=cfg.seed
     )
@@ -153,7 +154,7 @@ def _fit_model(cfg: TrainConfig, bb: Backbone, n_classes: int, data: dict[str, S
     if bb.pretrained:
         for p in bb.module.parameters():
             p.requires_grad_(False)
-        head, choice, phases["head"], feats = _head_phase(cfg, bb, n_classes, data, fit_cfg, rep, ck, dist)
+        head, choice, phases["head"], feats = _head_phase(cfg, bb, n_classes, data, fit_cfg, rep, ck, dist, weights_sha)
         model = Classifier(bb.module, head)
     else:
         choice = HeadChoice("mlp" if cfg.hidden else "linear", tuple(cfg.hidden), cfg.dropout, cfg.weight_decay)
@@ -310,8 +311,9 @@ def _train(cfg: TrainConfig, rep: Reporter, dist: Dist) -> TrainResult:
         data = {s: split_of(ds, assignment, s) for s in ROLES}
         bb, init_from = backbone_for(cfg)
         bb = with_preprocess(bb, cfg, ds, rep)
-        dist.on_main(lambda: ck.check_inputs(_inputs(doc, bb)))
-        model, phases, feats, choice = _fit_model(cfg, bb, len(ds.classes), data, device, rep, ck, dist)
+        weights_sha = weights_digest(bb.module)  # once: the resume check and the feature cache's key
+        dist.on_main(lambda: ck.check_inputs(_inputs(doc, weights_sha)))
+        model, phases, feats, choice = _fit_model(cfg, bb, len(ds.classes), data, device, rep, ck, dist, weights_sha)
         if not dist.main:
             completed = True
             return TrainResult(run_dir, None, synthetic)
@@ -335,12 +337,12 @@ def _device(cfg: TrainConfig, dist: Dist) -> str:
     return device
 
 
-def _inputs(doc: SplitsDoc, bb: Backbone) -> dict[str, str]:
+def _inputs(doc: SplitsDoc, weights_sha: str) -> dict[str, str]:
     """What a resumed training must find unchanged: the images and their splits, the backbone weights."""
     splits = doc.model_dump(mode="json")
     return {
         "images": stable_hash({k: splits[k] for k in ("classes", "items", "seed")}),
-        "backbone weights": weights_digest(bb.module),
+        "backbone weights": weights_sha,
     }
 
 
