@@ -62,14 +62,20 @@ def _temperature_for_confidence(logits: np.ndarray, target: float) -> float:
     return float(np.exp((lo + hi) / 2))
 
 
+def _bin_index(conf: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """(bin edges, bin of each confidence): equal-width bins (lo, hi]; a confidence of 0 joins the first."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    return edges, np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, bins - 1)
+
+
 def reliability(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> tuple[float, list[dict]]:
     """(ECE, per-bin rows {lo, hi, n, confidence, accuracy}) of top-1 confidences."""
     conf = probs.max(axis=1)
     correct = probs.argmax(axis=1) == labels
-    edges = np.linspace(0.0, 1.0, bins + 1)
+    edges, which = _bin_index(conf, bins)
     rows, ece = [], 0.0
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-        m = (conf > lo) & (conf <= hi) if lo > 0 else (conf >= lo) & (conf <= hi)
+    for k, (lo, hi) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
+        m = which == k
         if not m.any():
             continue
         c, a = float(conf[m].mean()), float(correct[m].mean())
@@ -82,14 +88,13 @@ def ece_noise_floor(probs: np.ndarray, bins: int = ECE_BINS, sims: int = 400, se
     """Mean ECE of a perfectly calibrated model with these top-1 confidences on this many images.
 
     Each simulation draws "correct" with probability equal to the confidence (what perfect calibration
-    means) and measures ECE as `reliability` does. Binned ECE is biased upwards on few images, so an ECE
+    means) and measures ECE as `reliability` does (the same `_bin_index`). Binned ECE is biased upwards on few images, so an ECE
     near this floor is as calibrated as n images can show (at n = 207 it is about 0.07).
     """
     if len(probs) == 0:
         return None
     conf = probs.max(axis=1)
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, bins - 1)  # (lo, hi]; 0 joins the first
+    _, which = _bin_index(conf, bins)
     rng = np.random.default_rng(seed)
     conf_sum = np.bincount(which, weights=conf, minlength=bins)
     total = 0.0
