@@ -26,6 +26,7 @@ from edgeft.core.hashing import stable_hash
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
 CROPS = ("center", "squash")
 RESAMPLERS = ("pil", "opencv")
+OPENCV_INTERPOLATIONS = ("bilinear", "nearest")  # the filters resampler "opencv" implements
 _CHOICES = {"interpolation": INTERPOLATIONS, "crop": CROPS, "resampler": RESAMPLERS}
 
 _PIL_INTERP = {
@@ -83,7 +84,7 @@ class PreprocessSpec(BaseModel):
             raise ValueError("need input_size >= 8 and resize_size >= input_size")
         if self.channel_order != "RGB" or self.layout != "NCHW":
             raise ValueError("only channel_order RGB and layout NCHW are supported")
-        if self.resampler == "opencv" and self.interpolation not in ("bilinear", "nearest"):
+        if self.resampler == "opencv" and self.interpolation not in OPENCV_INTERPOLATIONS:
             raise ValueError('resampler "opencv" supports interpolation "bilinear" or "nearest"')
         return self
 

@@ -83,7 +83,7 @@ class Judging:
     labels: np.ndarray
     reference: np.ndarray
     gate: Gate
-    images: list[str] = field(default_factory=list)  # content hashes of evalset's images, in order (cache keys)
+    images: list[str]  # content hashes of evalset's images, in order (cache keys)
 
     @property
     def sources(self) -> list[str]:

@@ -12,7 +12,7 @@ import numpy as np
 from edgeft.core.errors import EdgeftError
 from edgeft.core.files import cache_root
 from edgeft.core.manifests import SplitsDoc
-from edgeft.core.preprocess import PreprocessSpec
+from edgeft.core.preprocess import OPENCV_INTERPOLATIONS, PreprocessSpec
 from edgeft.core.progress import Reporter
 from edgeft.data.layouts import Dataset, load_dataset
 from edgeft.data.splits import assign_splits, splits_doc
@@ -141,7 +141,7 @@ def with_preprocess(bb: Backbone, cfg: TrainConfig, ds: Dataset, rep: Reporter) 
     if resampler == "auto":  # a transferred run keeps the numerics its backbone was tuned on
         resampler = bb.preprocess.resampler if cfg.init is not None else "opencv"
     update: dict = {"crop": crop, "resampler": resampler}
-    if resampler == "opencv" and bb.preprocess.interpolation not in ("bilinear", "nearest"):
+    if resampler == "opencv" and bb.preprocess.interpolation not in OPENCV_INTERPOLATIONS:
         update["interpolation"] = "bilinear"
     spec = PreprocessSpec(**{**bb.preprocess.model_dump(), **update})
     return bb if spec == bb.preprocess else dataclasses.replace(bb, preprocess=spec)
