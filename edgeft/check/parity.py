@@ -21,7 +21,6 @@ from edgeft.check.gate import Gate, failed_to_run
 from edgeft.check.plots import plot_flips
 from edgeft.check.refcache import (
     artifact_key,
-    image_hashes,
     load_reference,
     reference_key,
     run_cached,
@@ -269,7 +268,7 @@ def run_parity(
     sources = [str(p) for p in kept.paths]
     labels = kept.label_indices(bundle.classes)
 
-    images = image_hashes(kept.paths)  # once, for the reference key and every artifact key
+    images = kept.shas  # hashed from the bytes load decoded, for the reference key and every artifact key
     ref_key = torch_reference_key(bundle, run_dir, reference, images, run_spec or bundle.preprocess, run_sha)
     ref_logits = load_reference(ref_key, len(kept), len(bundle.classes)) if ref_key and use_cache else None
     if ref_logits is not None:  # export (or an earlier parity) already ran the torch model on these images

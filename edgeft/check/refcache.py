@@ -10,7 +10,8 @@ Two kinds of entries, one store:
   format.
 
 Entries are .npy files read with allow_pickle=False and written atomically; a torn, unreadable or wrong-shape
-entry is recomputed, never trusted. Image hashes are computed once (`image_hashes`) and passed to every key.
+entry is recomputed, never trusted. Image hashes are computed once, from the bytes `EvalSet.load` decoded
+(`EvalSet.shas`), and passed to every key.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import numpy as np
 
 from edgeft import __version__
 from edgeft.core.files import cache_root, write_bytes_atomic
-from edgeft.core.hashing import sha256_file, stable_hash
+from edgeft.core.hashing import stable_hash
 from edgeft.core.preprocess import PreprocessSpec
 from edgeft.core.versions import package_version
 from edgeft.engines.base import Engine
@@ -42,13 +43,8 @@ def _decoders() -> dict[str, str]:
     return {p: package_version(p) for p in ("pillow", "opencv-python", "opencv-python-headless", "numpy")}
 
 
-def image_hashes(paths: Sequence[Path]) -> list[str]:
-    """The content hash of every image, in order: computed once, passed to the reference and artifact keys."""
-    return [sha256_file(p) for p in paths]
-
-
 def reference_key(weights_sha256: str, spec: PreprocessSpec, images: Sequence[str], reference: str) -> str:
-    """images: the content hashes of the images (`image_hashes`), in order."""
+    """images: the content hashes of the images (`EvalSet.shas`), in order."""
     return stable_hash(
         {
             "v": REFCACHE_VERSION,
@@ -89,7 +85,7 @@ def artifact_key(
     """The cache key of `engine`'s outputs (the engine as constructed, not necessarily loaded) on these images.
 
     model_sha256 / extra_sha256: sha256 of the model file and of its side files (bundle.json records them).
-    images: their content hashes in order (`image_hashes`), preprocessed with `spec`. "" when the model's hash is
+    images: their content hashes in order (`EvalSet.shas`), preprocessed with `spec`. "" when the model's hash is
     unknown: such an artifact is never cached.
     """
     if not model_sha256:

@@ -21,7 +21,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator, model_validator
 
 from edgeft.core.errors import ImageDecodeError
-from edgeft.core.hashing import stable_hash
+from edgeft.core.hashing import sha256_bytes, stable_hash
 
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
 CROPS = ("center", "squash")
@@ -382,23 +382,31 @@ def preprocess_many(
     workers: int | None = None,
     advance: Callable[[int], None] | None = None,
     fast: bool = False,
+    digests: list[str] | None = None,
 ) -> tuple[np.ndarray, list[int], list[tuple[int, ImageDecodeError]]]:
     """Decode + preprocess many images in parallel: ((N_ok, 3, S, S) array, ok indices, [(index, error)]).
 
     PIL releases the GIL while decoding and resizing, so a few threads overlap. The only batch
     preprocessing helper: feature caching, calibration, eval sets and parity all call it. fast: serving's
-    --fast-preprocess (`parity --fast-preprocess` measures it).
+    --fast-preprocess (`parity --fast-preprocess` measures it). digests: a list of len(sources) that gets the
+    sha256 of every source's bytes (read once, for decoding and hashing; "" where the file cannot be read).
     """
 
-    def one(src: str | Path | bytes) -> np.ndarray | ImageDecodeError:
+    def one(i: int) -> np.ndarray | ImageDecodeError:
+        src = sources[i]
         try:
-            return preprocess_file(src, spec, fast=fast)
+            if digests is None:
+                return preprocess_file(src, spec, fast=fast)
+            label = _label(src, None)
+            data = _read(src, label)
+            digests[i] = sha256_bytes(data)
+            return preprocess_file(data, spec, label, fast=fast)
         except ImageDecodeError as exc:
             return exc
 
     arrays, ok, failed = [], [], []
     with ThreadPoolExecutor(max_workers=workers or decode_workers()) as pool:
-        for i, res in enumerate(pool.map(one, sources)):
+        for i, res in enumerate(pool.map(one, range(len(sources)))):
             if isinstance(res, ImageDecodeError):
                 failed.append((i, res))
             else:

@@ -25,6 +25,7 @@ class EvalSet:
     labels: list[str | None]
     origin: str
     skipped: list[dict[str, str]] = field(default_factory=list)
+    shas: list[str] | None = None  # content sha256 of each image, in order, once `load` has read them
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -45,9 +46,12 @@ class EvalSet:
         self, spec: PreprocessSpec, advance: Callable[[int], None] | None = None, fast: bool = False
     ) -> tuple[np.ndarray, EvalSet]:
         """(N_ok, 3, S, S) tensors and the EvalSet of the images that decoded; failures go to `skipped`.
-        fast: serving's --fast-preprocess instead of THE preprocessing."""
-        x, ok, failed = preprocess_many(self.paths, spec, advance=advance, fast=fast)
+        fast: serving's --fast-preprocess instead of THE preprocessing. The kept set carries the content hash of
+        every image (`shas`), taken from the bytes that were decoded: the cache keys need no second read."""
+        digests = [""] * len(self.paths)
+        x, ok, failed = preprocess_many(self.paths, spec, advance=advance, fast=fast, digests=digests)
         kept = EvalSet([self.paths[i] for i in ok], [self.labels[i] for i in ok], self.origin, list(self.skipped))
+        kept.shas = [digests[i] for i in ok]
         kept.skipped += [{"source": str(self.paths[i]), "error": f"{e.reason}: {e.message}"} for i, e in failed]
         return x, kept
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from edgeft import __version__
 from edgeft.check.gate import Gate
-from edgeft.check.refcache import image_hashes, load_reference, reference_key, save_reference
+from edgeft.check.refcache import load_reference, reference_key, save_reference
 from edgeft.core.errors import EdgeftError
 from edgeft.core.files import staged_dir
 from edgeft.core.hashing import classes_sha256, sha256_file
@@ -211,7 +211,7 @@ def _judging(
         )
     if kept.skipped:
         note(f"{len(kept.skipped)} {split} image(s) could not be read and are left out of the gate")
-    images = image_hashes(kept.paths)  # once, for the reference key and every artifact's key
+    images = kept.shas  # hashed from the bytes load decoded, for the reference key and every artifact's key
     key = reference_key(weights_sha, manifest.preprocess, images, "torch-fp32")
     logits = load_reference(key, len(kept), len(classes))
     if logits is None:  # computed once; `edgeft parity` and later exports of this run reuse it
