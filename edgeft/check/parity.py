@@ -58,9 +58,11 @@ def reference_engine(
     run_dir: Path | None,
     reference: str,
     batch_size: int | None = None,
+    known: dict[Path, str] | None = None,
     **options: Any,
 ) -> tuple[Engine, str]:
     """The reference engine and a note on why it was chosen (options go to the engine, e.g. threads=1).
+    known: file digests already computed (`bundle_checks`), so the run's weights are not hashed again.
 
     The torch engine comes back loaded (a torch model that fails to load falls back to the ONNX reference);
     the bundle's reference artifact comes back constructed and sha256-verified, not loaded yet.
@@ -73,7 +75,7 @@ def reference_engine(
         if problem is None:
             art = torch_artifact(bundle, bundle_dir)
             try:
-                verify_artifact(bundle, bundle_dir, art)
+                verify_artifact(bundle, bundle_dir, art, known)
                 engine = open_artifact(bundle_dir, bundle, "torch:cpu", art, batch_size, **options)
                 return engine.load(), "torch FP32 model of the run"
             except EdgeftError as exc:  # only means: fall back to the ONNX reference
@@ -102,18 +104,21 @@ def bundle_gate(bundle: BundleManifest, **overrides: Any) -> Gate:
     return Gate(**settings)
 
 
-def bundle_checks(bundle: BundleManifest, run_dir: Path | None) -> tuple[list[str], PreprocessSpec | None, str]:
+def bundle_checks(
+    bundle: BundleManifest, run_dir: Path | None
+) -> tuple[list[str], PreprocessSpec | None, str, dict[Path, str]]:
     """Compare bundle.json with the run's model.json: same weights, classes and preprocessing numbers.
 
     Returns (problems, the run's preprocessing when it differs from the bundle's, the sha256 of the run's
-    weights as they are on disk now or "" without them): the weights are hashed here once.
+    weights as they are on disk now or "" without them, that digest by resolved path for `verify_artifact`):
+    the weights are hashed here once.
     """
     if run_dir is None or not (run_dir / "model.json").is_file():
-        return [], None, ""
+        return [], None, "", {}
     try:
         run = ModelManifest.load(run_dir)
     except EdgeftError as exc:
-        return [f"cannot read the run's model.json: {exc.message}"], None, ""
+        return [f"cannot read the run's model.json: {exc.message}"], None, "", {}
     checks = []
     want = bundle.source.weights_sha256
     weights = run_dir / run.weights.file
@@ -126,8 +131,8 @@ def bundle_checks(bundle: BundleManifest, run_dir: Path | None) -> tuple[list[st
         mine, theirs = bundle.preprocess.to_dict(), run.preprocess.to_dict()
         diffs = [f"{k}: bundle {v!r} vs run {theirs[k]!r}" for k, v in mine.items() if v != theirs[k]]
         checks.append("bundle preprocessing differs from the run's model.json (" + "; ".join(diffs) + ")")
-        return checks, run.preprocess, run_sha
-    return checks, None, run_sha
+    known = {weights.resolve(): run_sha} if run_sha else {}
+    return checks, (run.preprocess if run.preprocess != bundle.preprocess else None), run_sha, known
 
 
 def torch_reference_key(
@@ -244,7 +249,7 @@ def run_parity(
     bundle = BundleManifest.load(bundle_dir)
     gate = gate or bundle_gate(bundle, **(gate_overrides or {}))
     evalset = eval_set(run_dir, data, bundle.classes)
-    checks, run_spec, run_sha = bundle_checks(bundle, run_dir)
+    checks, run_spec, run_sha, known = bundle_checks(bundle, run_dir)
     targets, skipped_backends = plan_targets(bundle, bundle_dir, backends)
 
     rep.task("preprocess", len(evalset))
@@ -277,7 +282,7 @@ def run_parity(
         rep.task(f"reference {ref_name}", len(kept))
         rep.advance(len(kept))
     else:
-        ref_engine, ref_note = reference_engine(bundle, bundle_dir, run_dir, reference)
+        ref_engine, ref_note = reference_engine(bundle, bundle_dir, run_dir, reference, known=known)
         ref_name = f"{ref_engine.spec}/{ref_engine.label}"
         rep.task(f"reference {ref_name}", len(kept))
         if ref_engine.spec.startswith("torch"):

@@ -149,13 +149,20 @@ def resolve(bundle_dir: str | Path, bundle: BundleManifest, backend: str, precis
     )
 
 
-def verify_artifact(bundle: BundleManifest, bundle_dir: str | Path, artifact: Artifact) -> None:
-    """Refuse files whose sha256 differs from bundle.json (for torch: the run's weights vs source.weights_sha256)."""
+def verify_artifact(
+    bundle: BundleManifest, bundle_dir: str | Path, artifact: Artifact, known: dict[Path, str] | None = None
+) -> None:
+    """Refuse files whose sha256 differs from bundle.json (for torch: the run's weights vs source.weights_sha256).
+
+    known: digests the caller has just computed, by resolved path (a file is not hashed twice)."""
     if artifact.format != "torch":
         bundle.verify(bundle_dir, names=[artifact.name])
         return
     weights = Path(artifact.path) / "model.safetensors"
-    if artifact.sha256 and weights.is_file() and sha256_file(weights) != artifact.sha256:
+    if not artifact.sha256 or not weights.is_file():
+        return
+    digest = (known or {}).get(weights.resolve()) or sha256_file(weights)
+    if digest != artifact.sha256:
         raise EdgeftError(
             "the run's weights differ from the ones this bundle was exported from (sha256 mismatch)",
             path=weights,
