@@ -24,7 +24,7 @@ from edgeft.engines.select import open_bundle
 from edgeft.serve.outputs import JsonlSink
 from edgeft.serve.predictor import Predictor
 from edgeft.serve.sources import LiveCaptureSource, PacedCapture, ReconnectPolicy
-from edgeft.serve.sources.base import VIDEO_DECODE_THREADS
+from edgeft.serve.sources.base import VIDEO_DECODE_THREADS, default_open_capture
 from edgeft.serve.stream import StreamRunner
 
 GOAL_RATIO = 1.5  # p99 end-to-end latency against one frame processed alone (the camera goal)
@@ -52,15 +52,6 @@ def make_video(path: Path, n: int, fps: float, size: tuple[int, int], seed: int 
         writer.release()
         return fourcc
     raise SystemExit("this OpenCV can write neither FFV1 nor MJPG")
-
-
-def open_video(path: Path, threads: int):
-    """The replayed clip; threads > 0 caps FFmpeg's decoder threads (0: FFmpeg's default, one per core)."""
-    import cv2
-
-    if threads > 0:
-        return cv2.VideoCapture(str(path), cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, threads])
-    return cv2.VideoCapture(str(path))
 
 
 class Slowed:
@@ -152,7 +143,7 @@ def main() -> None:
         depths: list[int] = []
         source = LiveCaptureSource(
             "replay",
-            open_capture=lambda _t: PacedCapture(open_video(video, args.decode_threads), fps=args.fps),
+            open_capture=lambda _t: PacedCapture(default_open_capture(str(video), args.decode_threads), fps=args.fps),
             reconnect=ReconnectPolicy(enabled=False),
             source_id=f"{video.name}@{args.fps:g}fps",
         )

@@ -193,13 +193,14 @@ class Checkpoint:
             if resume:
                 return cls._resume(path, config, lock, rep)
             if path.exists():
-                if _has_steps(path / STATE_FILE) and not overwrite:
+                progress = _has_steps(path / STATE_FILE)
+                if progress and not overwrite:
                     raise EdgeftError(
                         "an interrupted training of this run name left a checkpoint",
                         path=path,
                         fix="pass --resume to continue it, or --overwrite to discard it and start again",
                     )
-                if _has_steps(path / STATE_FILE):
+                if progress:
                     rep.note(f"--overwrite: discarding the checkpoint of an interrupted training ({path})")
                 shutil.rmtree(path)
         except BaseException:

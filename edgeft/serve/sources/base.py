@@ -53,8 +53,10 @@ def quiet_opencv() -> None:
 VIDEO_DECODE_THREADS = 1
 
 
-def default_open_capture(target: int | str) -> Capture:
-    """Open a camera index, URL or file with OpenCV; URLs get open/read timeouts so a dead stream cannot hang."""
+def default_open_capture(target: int | str, decode_threads: int = VIDEO_DECODE_THREADS) -> Capture:
+    """Open a camera index, URL or file with OpenCV; URLs get open/read timeouts so a dead stream cannot hang.
+
+    decode_threads: FFmpeg's decoder threads for files and URLs (0: FFmpeg's own choice, one per core)."""
     quiet_opencv()
     import cv2
 
@@ -63,7 +65,7 @@ def default_open_capture(target: int | str) -> Capture:
         if cap.isOpened():
             cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # driver-side buffering adds lag; we keep our own newest frame
         return cap
-    params = [cv2.CAP_PROP_N_THREADS, VIDEO_DECODE_THREADS]
+    params = [cv2.CAP_PROP_N_THREADS, decode_threads] if decode_threads > 0 else []
     if target.startswith(LIVE_SCHEMES):
         params += [
             cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
