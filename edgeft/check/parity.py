@@ -30,7 +30,7 @@ from edgeft.core.errors import EdgeftError
 from edgeft.core.hashing import sha256_file
 from edgeft.core.locate import locate
 from edgeft.core.manifests import BundleManifest, ModelManifest
-from edgeft.core.preprocess import PreprocessSpec
+from edgeft.core.preprocess import PreprocessSpec, normalize
 from edgeft.core.progress import Reporter, or_silent
 from edgeft.core.reports import BackendResult, ParityReport, parity_file
 from edgeft.data.evalsets import eval_set
@@ -178,17 +178,21 @@ def evaluate_target(
     images: Sequence[str] | None = None,
     reuse: bool = True,
     fast_inputs: bool = False,
+    raw: np.ndarray | None = None,
 ) -> BackendResult:
     """Run one target and judge it; a target that fails to load or run is a failed backend, not a crash.
 
     images: the content hashes of the images x was preprocessed from (with the bundle's preprocessing): the
     target's logits are then looked up in the artifact cache (unless reuse=False) and stored there.
+    raw: the (N, S, S, 3) uint8 images x was normalised from; an engine that can normalise in its graph is
+    then opened to take them, as serving's --fast-preprocess runs it.
     """
     try:
         verify_artifact(bundle, bundle_dir, t.artifact)  # before the cache: a tampered file is never judged
-        engine = open_artifact(bundle_dir, bundle, t.spec, t.artifact, batch_size)
+        engine = open_artifact(bundle_dir, bundle, t.spec, t.artifact, batch_size, image_input=raw is not None)
         key = outputs_key(engine, images, batch_size, bundle.preprocess)
-        outputs = run_cached(engine, x, batch_size, key, advance, reuse=reuse)
+        inputs = raw if raw is not None and getattr(engine, "takes_images", False) else x
+        outputs = run_cached(engine, inputs, batch_size, key, advance, reuse=reuse)
     except EdgeftError as exc:
         return BackendResult(
             backend=t.spec,
@@ -259,9 +263,13 @@ def run_parity(
             f"none of the {len(evalset)} images could be read", path=data or run_dir, fix="check the images"
         )
     x_ref = x if run_spec is None else kept.load(run_spec)[0]  # the run was trained with other numbers
-    if fast_preprocess:
+    raw = None
+    if fast_preprocess:  # the uint8 images, for engines that normalise in their graph; x from the same pixels
         rep.task("preprocess (--fast-preprocess)", len(kept))
-        x, again = kept.load(bundle.preprocess, rep.advance, fast=True)
+        raw, again = kept.load(bundle.preprocess, rep.advance, fast=True, raw=True)
+        x = np.empty((len(raw), *x.shape[1:]), np.float32)
+        for row, image in zip(x, raw, strict=True):
+            normalize(image, bundle.preprocess, out=row)
         if len(again) != len(kept):  # the fast path falls back to the reference for anything it cannot decode
             lost = again.skipped[len(kept.skipped) :]
             raise EdgeftError(
@@ -316,6 +324,7 @@ def run_parity(
             images=None if fast_preprocess else images,
             reuse=use_cache,
             fast_inputs=fast_preprocess,
+            raw=raw,
         )
     if not results:
         raise EdgeftError(

@@ -322,6 +322,11 @@ def render_bench(report: Any, path: Path) -> None:
     if cost > 0:
         console.say(f"decode + preprocess: {cost:.2f} CPU ms per image, so at most")
         console.say(f"{1000.0 * cores / cost:.0f} img/s on {cores} core(s) before any inference (e2e shares them)")
+    if report.image_preprocess_cpu_ms_per_image:
+        console.say(
+            f"up to the uint8 image (OpenVINO normalises in its graph): "
+            f"{report.image_preprocess_cpu_ms_per_image:.2f} CPU ms per image"
+        )
     for key, why in report.skipped_backends.items():
         console.say(f"skipped {key}: {why}", "yellow")
     for key, why in report.failed_backends.items():

@@ -19,8 +19,8 @@ from edgeft.core.preprocess import (
     box_trim,
     check_pixels,
     decode_errors,
+    finish,
     kept_region,
-    normalize,
     resize_crop_array,
     resize_region,
 )
@@ -84,7 +84,12 @@ def _decode_reduced(data: bytes, k: int, size: tuple[int, int]) -> tuple[np.ndar
 
 
 def fast_jpeg(
-    data: bytes, label: str, spec: PreprocessSpec, max_pixels: int | None, out: np.ndarray | None = None
+    data: bytes,
+    label: str,
+    spec: PreprocessSpec,
+    max_pixels: int | None,
+    out: np.ndarray | None = None,
+    raw: bool = False,
 ) -> np.ndarray | None:
     """--fast-preprocess of a JPEG (resampler="opencv"): libjpeg-turbo decodes straight to RGB, at a reduced
     DCT scale when the kept region allows it, and the non-exact INTER_LINEAR resizes. None when the file is not
@@ -110,8 +115,8 @@ def fast_jpeg(
     if orient is not None:
         pixels = np.ascontiguousarray(orient(pixels))
     if k == 1:
-        return normalize(resize_crop_array(pixels, spec, fast=True), spec, bgr=bgr, out=out)
+        return finish(resize_crop_array(pixels, spec, fast=True), spec, bgr, out, raw)
     x0, y0, tw, th, _, _ = _box_region(w, h, spec)  # k divides the sizes; the offsets are rounded
     left, top = min(round(x0 / k), (w - tw) // k), min(round(y0 / k), (h - th) // k)
     region = pixels[top : top + th // k, left : left + tw // k]
-    return normalize(resize_region(region, spec, fast=True), spec, bgr=bgr, out=out)
+    return finish(resize_region(region, spec, fast=True), spec, bgr, out, raw)

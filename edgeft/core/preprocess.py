@@ -251,6 +251,28 @@ def normalize(
     return out
 
 
+def finish(
+    rgb_uint8: np.ndarray, spec: PreprocessSpec, bgr: bool = False, out: np.ndarray | None = None, raw: bool = False
+) -> np.ndarray:
+    """The last step of every preprocessing path: `normalize` to the (3, S, S) float32 model input, or with
+    raw=True the (S, S, 3) uint8 RGB image itself, for an engine that normalises inside its graph (an
+    OpenVINO image input). out: the batch row to write into, of the matching shape and dtype."""
+    if not raw:
+        return normalize(rgb_uint8, spec, bgr, out)
+    import cv2
+
+    shape = rgb_uint8.shape
+    if out is None:
+        out = np.empty(shape, np.uint8)
+    elif out.shape != shape or out.dtype != np.uint8 or not out.flags.c_contiguous:
+        raise ValueError(f"finish(raw=True) writes into a contiguous uint8 {shape} array, not {out.dtype} {out.shape}")
+    if bgr:
+        cv2.cvtColor(np.ascontiguousarray(rgb_uint8), cv2.COLOR_BGR2RGB, dst=out)
+    else:
+        out[...] = rgb_uint8
+    return out
+
+
 def frame_image(rgb_uint8: np.ndarray) -> Image.Image:
     """An HxWx3 uint8 RGB array as a PIL image, without copying it when it is contiguous."""
     if rgb_uint8.flags.c_contiguous:
@@ -331,13 +353,18 @@ def _kept_pixels(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
 
 
 def preprocess(
-    img: Image.Image | np.ndarray, spec: PreprocessSpec, fast: bool = False, out: np.ndarray | None = None
+    img: Image.Image | np.ndarray,
+    spec: PreprocessSpec,
+    fast: bool = False,
+    out: np.ndarray | None = None,
+    raw: bool = False,
 ) -> np.ndarray:
     """RGB PIL image or HxWx3 uint8 RGB array -> (3, S, S) float32 ready for the model.
 
     fast: serving's --fast-preprocess, measured against the reference: "pil" resamples only the crop region
     (`resize_crop`), "opencv" resizes with the non-exact INTER_LINEAR (`resize_region`).
     out: a (3, S, S) float32 array to write the result into (see `normalize`).
+    raw: the (S, S, 3) uint8 image before normalisation instead (see `finish`).
     """
     if isinstance(img, np.ndarray) and (img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8):
         raise ImageDecodeError(
@@ -347,11 +374,11 @@ def preprocess(
         )
     if spec.resampler == "opencv":
         if isinstance(img, np.ndarray):
-            return normalize(resize_crop_array(img, spec, fast), spec, out=out)
-        return normalize(resize_region(_kept_pixels(to_rgb(img), spec), spec, fast), spec, out=out)
+            return finish(resize_crop_array(img, spec, fast), spec, out=out, raw=raw)
+        return finish(resize_region(_kept_pixels(to_rgb(img), spec), spec, fast), spec, out=out, raw=raw)
     if isinstance(img, np.ndarray):
         img = frame_image(img)
-    return normalize(np.asarray(resize_crop(to_rgb(img), spec, fast)), spec, out=out)
+    return finish(np.asarray(resize_crop(to_rgb(img), spec, fast)), spec, out=out, raw=raw)
 
 
 def preprocess_file(
@@ -361,19 +388,20 @@ def preprocess_file(
     max_pixels: int | None = None,
     fast: bool = False,
     out: np.ndarray | None = None,
+    raw: bool = False,
 ) -> np.ndarray:
     """A file or encoded bytes -> (3, S, S) float32 (written into `out` when given). fast (resampler "opencv"):
-    JPEGs take `core.fastjpeg`."""
+    JPEGs take `core.fastjpeg`. raw: the (S, S, 3) uint8 image instead (`finish`)."""
     if fast and spec.resampler == "opencv":
         label = _label(source, name)
         data = _read(source, label)
         from edgeft.core.fastjpeg import fast_jpeg  # after the first call, a dictionary lookup
 
-        done = fast_jpeg(data, label, spec, max_pixels, out)
+        done = fast_jpeg(data, label, spec, max_pixels, out, raw)
         if done is not None:
             return done
         source, name = data, label
-    return preprocess(load_image(source, name=name, max_pixels=max_pixels), spec, fast, out)
+    return preprocess(load_image(source, name=name, max_pixels=max_pixels), spec, fast, out, raw)
 
 
 def preprocess_many(
@@ -383,6 +411,7 @@ def preprocess_many(
     advance: Callable[[int], None] | None = None,
     fast: bool = False,
     digests: list[str] | None = None,
+    raw: bool = False,
 ) -> tuple[np.ndarray, list[int], list[tuple[int, ImageDecodeError]]]:
     """Decode + preprocess many images in parallel: ((N_ok, 3, S, S) array, ok indices, [(index, error)]).
 
@@ -390,17 +419,18 @@ def preprocess_many(
     preprocessing helper: feature caching, calibration, eval sets and parity all call it. fast: serving's
     --fast-preprocess (`parity --fast-preprocess` measures it). digests: a list of len(sources) that gets the
     sha256 of every source's bytes (read once, for decoding and hashing; "" where the file cannot be read).
+    raw: (N_ok, S, S, 3) uint8 images before normalisation instead (`finish`).
     """
 
     def one(i: int) -> np.ndarray | ImageDecodeError:
         src = sources[i]
         try:
             if digests is None:
-                return preprocess_file(src, spec, fast=fast)
+                return preprocess_file(src, spec, fast=fast, raw=raw)
             label = _label(src, None)
             data = _read(src, label)
             digests[i] = sha256_bytes(data)
-            return preprocess_file(data, spec, label, fast=fast)
+            return preprocess_file(data, spec, label, fast=fast, raw=raw)
         except ImageDecodeError as exc:
             return exc
 
@@ -415,7 +445,7 @@ def preprocess_many(
             if advance:
                 advance(1)
     s = spec.input_size
-    x = np.stack(arrays) if arrays else np.zeros((0, 3, s, s), np.float32)
+    x = np.stack(arrays) if arrays else np.zeros((0, s, s, 3) if raw else (0, 3, s, s), np.uint8 if raw else np.float32)
     return x, ok, failed
 
 

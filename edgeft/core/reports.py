@@ -136,6 +136,8 @@ class BenchReport(Doc):
     settings: dict[str, Any]
     machine: dict[str, Any]
     preprocess_cpu_ms_per_image: float = 0.0
+    # --fast-preprocess: the same, up to the uint8 image an image-input engine (OpenVINO) takes; None otherwise
+    image_preprocess_cpu_ms_per_image: float | None = None
     results: list[BenchResult] = Field(default_factory=list)
     skipped_backends: dict[str, str] = Field(default_factory=dict)
     failed_backends: dict[str, str] = Field(default_factory=dict)

@@ -43,13 +43,18 @@ class EvalSet:
         return EvalSet([self.paths[i] for i in idx], [self.labels[i] for i in idx], self.origin, list(self.skipped))
 
     def load(
-        self, spec: PreprocessSpec, advance: Callable[[int], None] | None = None, fast: bool = False
+        self,
+        spec: PreprocessSpec,
+        advance: Callable[[int], None] | None = None,
+        fast: bool = False,
+        raw: bool = False,
     ) -> tuple[np.ndarray, EvalSet]:
         """(N_ok, 3, S, S) tensors and the EvalSet of the images that decoded; failures go to `skipped`.
-        fast: serving's --fast-preprocess instead of THE preprocessing. The kept set carries the content hash of
-        every image (`shas`), taken from the bytes that were decoded: the cache keys need no second read."""
+        fast: serving's --fast-preprocess instead of THE preprocessing. raw: (N_ok, S, S, 3) uint8 images before
+        normalisation (`core.preprocess.finish`). The kept set carries the content hash of every image (`shas`),
+        taken from the bytes that were decoded: the cache keys need no second read."""
         digests = [""] * len(self.paths)
-        x, ok, failed = preprocess_many(self.paths, spec, advance=advance, fast=fast, digests=digests)
+        x, ok, failed = preprocess_many(self.paths, spec, advance=advance, fast=fast, digests=digests, raw=raw)
         kept = EvalSet([self.paths[i] for i in ok], [self.labels[i] for i in ok], self.origin, list(self.skipped))
         kept.shas = [digests[i] for i in ok]
         kept.skipped += [{"source": str(self.paths[i]), "error": f"{e.reason}: {e.message}"} for i, e in failed]

@@ -60,7 +60,28 @@ class OpenVinoEngine(Engine):
     name = "openvino"
     formats = ("openvino",)
     default_device = "CPU"
-    option_names = ("hint", "threads", "streams", "cache_dir")
+    option_names = ("hint", "threads", "streams", "cache_dir", "image_input")
+
+    def __init__(self, model_path: str | Path, **kw: Any) -> None:
+        super().__init__(model_path, **kw)
+        norm = self.options.get("image_input")
+        if norm is not None:
+            # image_input=(mean, std): the graph takes (N, S, S, 3) uint8 RGB images and normalises them itself
+            # (OpenVINO's PrePostProcessor: ((x / 255) - mean) / std, then NHWC -> NCHW), so the host only
+            # resizes: no float pass over every pixel, a quarter of the input bytes.
+            mean, std = (tuple(float(v) for v in part) for part in norm)
+            if len(mean) != 3 or len(std) != 3:
+                raise EdgeftError(f"image_input takes (mean, std) of 3 values each, got {norm!r}", fix="report a bug")
+            self.options["image_input"] = (mean, std)
+            self.input_dtype = np.dtype(np.uint8)
+            if self.input_shape is not None and len(self.input_shape) == 3:
+                c, h, w = self.input_shape
+                self.input_shape = (h, w, c)
+
+    @property
+    def takes_images(self) -> bool:
+        """Whether batches are (N, S, S, 3) uint8 images (image_input) rather than normalised tensors."""
+        return self.options.get("image_input") is not None
 
     @classmethod
     def normalize_device(cls, device: str | None) -> str:
@@ -97,7 +118,8 @@ class OpenVinoEngine(Engine):
 
     def numerics(self) -> dict[str, Any]:
         # the hint and stream count decide how a batch is split over parallel requests
-        return {**super().numerics(), **self.compile_config()}
+        extra = {"image_input": [list(v) for v in self.options["image_input"]]} if self.takes_images else {}
+        return {**super().numerics(), **self.compile_config(), **extra}
 
     def _load(self) -> None:
         ov = import_engine("openvino", self.spec, "openvino")
@@ -115,7 +137,8 @@ class OpenVinoEngine(Engine):
             config["CACHE_DIR"] = str(self.options["cache_dir"])
         try:
             model = core.read_model(str(self.model_path))
-            self.compiled = core.compile_model(model, self.device, config)
+            compiled_model = self._with_image_input(model) if self.takes_images else model
+            self.compiled = core.compile_model(compiled_model, self.device, config)
         except Exception as exc:  # openvino raises RuntimeError subclasses with long messages
             raise EdgeftError(
                 f"OpenVINO cannot compile the model for {self.device} ({type(exc).__name__}: {exc})",
@@ -141,12 +164,25 @@ class OpenVinoEngine(Engine):
         except Exception:
             self.inference_precision = ""
 
+    def _with_image_input(self, model: Any) -> Any:
+        from openvino import Layout, Type
+        from openvino.preprocess import PrePostProcessor
+
+        mean, std = self.options["image_input"]
+        ppp = PrePostProcessor(model)
+        ppp.input().tensor().set_element_type(Type.u8).set_layout(Layout("NHWC"))
+        ppp.input().preprocess().convert_element_type(Type.f32).scale(255.0).mean(list(mean)).scale(list(std))
+        ppp.input().model().set_layout(Layout("NCHW"))
+        return ppp.build()
+
     def describe(self) -> str:
         text = super().describe()
         runs = getattr(self, "inference_precision", "") if self.loaded else ""
         expected = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}.get(self.precision)
         if runs and expected and runs != expected:  # e.g. an fp16 IR on a bf16-capable CPU computes in bf16
             text += f" [computes in {runs}]"
+        if self.takes_images:
+            text += " [uint8 image input]"
         return text
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:

@@ -170,18 +170,30 @@ def verify_artifact(
         )
 
 
+def takes_image_input(cls: type[Engine], bundle: BundleManifest) -> bool:
+    """Whether this engine can take uint8 images for this bundle and normalise them in its graph."""
+    spec = bundle.preprocess
+    return "image_input" in cls.option_names and spec.layout == "NCHW" and spec.channel_order == "RGB"
+
+
 def open_artifact(
     bundle_dir: str | Path,
     bundle: BundleManifest,
     spec: str,
     artifact: Artifact,
     batch_size: int | None = None,
+    image_input: bool = False,
     **options: Any,
 ) -> Engine:
-    """Construct (not load) the engine for one bundle artifact; it remembers the artifact it runs."""
+    """Construct (not load) the engine for one bundle artifact; it remembers the artifact it runs.
+
+    image_input: where the engine can normalise inside its graph (`takes_image_input`), have it take
+    (N, S, S, 3) uint8 RGB images; other engines take the normalised tensors as always."""
     name, device = parse_spec(spec)
     cls = engine_class(name)
     opts = {**(cls.default_options(batch_size) if batch_size else {}), **options}
+    if image_input and takes_image_input(cls, bundle):
+        opts["image_input"] = (tuple(bundle.preprocess.mean), tuple(bundle.preprocess.std))
     if name == "tensorrt":
         opts.setdefault("fingerprint", artifact.info)
     path = Path(artifact.path) if artifact.format == "torch" else Path(bundle_dir) / artifact.path
@@ -209,15 +221,17 @@ def open_bundle(
     *,
     batch_size: int | None = None,
     verify: bool = True,
+    image_input: bool = False,
     **options: Any,
 ) -> Engine:
-    """Pick, sha256-verify and load the engine for a bundle; `auto` takes the fastest passing one here."""
+    """Pick, sha256-verify and load the engine for a bundle; `auto` takes the fastest passing one here.
+    image_input: see `open_artifact`."""
     bundle_dir = Path(bundle_dir)
     bundle = BundleManifest.load(bundle_dir)
     spec, artifact = resolve(bundle_dir, bundle, backend, precision)
     if verify:
         verify_artifact(bundle, bundle_dir, artifact)
-    return open_artifact(bundle_dir, bundle, spec, artifact, batch_size, **options).load()
+    return open_artifact(bundle_dir, bundle, spec, artifact, batch_size, image_input, **options).load()
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ class DynamicBatcher:
         max_wait_ms: float = 5.0,
         max_queue: int = 64,
         item_shape: tuple[int, ...] | None = None,
+        item_dtype: str = "float32",
     ) -> None:
         if max_batch < 1 or max_queue < 1 or max_wait_ms < 0:
             raise EdgeftError(
@@ -50,6 +51,7 @@ class DynamicBatcher:
         self.max_wait = float(max_wait_ms) / 1000.0
         self.max_queue = int(max_queue)
         self.item_shape = tuple(item_shape) if item_shape is not None else None
+        self.item_dtype = np.dtype(item_dtype)  # float32 tensors, or uint8 images for an image-input engine
         self._queue: queue.Queue = queue.Queue(maxsize=self.max_queue)
         self._lock = threading.Lock()
         self._closed = False
@@ -66,9 +68,9 @@ class DynamicBatcher:
         return self._closed
 
     def _check_item(self, x: np.ndarray) -> None:
-        if not isinstance(x, np.ndarray) or x.ndim != 3 or x.dtype != np.float32:
+        if not isinstance(x, np.ndarray) or x.ndim != 3 or x.dtype != self.item_dtype:
             raise EdgeftError(
-                f"batcher items must be (3, S, S) float32 arrays, got "
+                f"batcher items must be {self.item_shape or '3-d'} {self.item_dtype} arrays, got "
                 f"{type(x).__name__} {getattr(x, 'shape', '')} {getattr(x, 'dtype', '')}",
                 fix="submit Predictor.prepare(image)",
             )
@@ -82,7 +84,7 @@ class DynamicBatcher:
             )
 
     def submit(self, x: np.ndarray) -> Future:
-        """Queue one (3, S, S) float32 tensor; raises QueueFull at once when the queue is full."""
+        """Queue one prepared item (`Predictor.prepare`); raises QueueFull at once when the queue is full."""
         if self._closed:
             raise EdgeftError("the batcher is closed", fix="create a new DynamicBatcher (or Predictor.batcher())")
         self._check_item(x)

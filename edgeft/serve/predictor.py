@@ -20,7 +20,7 @@ from edgeft.core.errors import EdgeftError, ImageDecodeError
 from edgeft.core.hashing import sha256_file
 from edgeft.core.manifests import BundleManifest
 from edgeft.core.numeric import softmax, topk_indices
-from edgeft.core.preprocess import PreprocessSpec, decode_workers, preprocess, preprocess_file
+from edgeft.core.preprocess import PreprocessSpec, decode_workers, normalize, preprocess, preprocess_file
 from edgeft.core.reports import ParityReport, parity_file
 from edgeft.engines.select import open_bundle
 from edgeft.serve.batcher import DynamicBatcher
@@ -68,24 +68,33 @@ def prepare_item(
     max_pixels: int | None = None,
     fast: bool = False,
     out: np.ndarray | None = None,
+    raw: bool = False,
 ) -> np.ndarray:
     """Any supported input -> (3, S, S) float32; raises ImageDecodeError for unusable input.
 
     np.ndarray inputs are either HxWx3 uint8 RGB images (camera frames, preprocessed here without a copy) or
     already preprocessed (3, S, S) float32 tensors (passed through). fast: --fast-preprocess, the measured
     faster resampling and JPEG decoding of `core.preprocess` (`preprocess`, `preprocess_file`). out: a
-    (3, S, S) float32 array (a batch row) the result is written into; returned.
+    (3, S, S) float32 array (a batch row) the result is written into; returned. raw: the (S, S, 3) uint8
+    image before normalisation instead, for an engine that normalises in its graph (`core.preprocess.finish`).
     """
     s = spec.input_size
     name = source or item_source(item, 0)
     if isinstance(item, np.ndarray):
+        if raw and item.dtype == np.float32 and item.shape == (3, s, s):
+            raise ImageDecodeError(
+                f"a preprocessed (3, {s}, {s}) float32 tensor cannot feed an engine that takes uint8 images "
+                "(--fast-preprocess with OpenVINO); pass the HxWx3 uint8 image, or serve without --fast-preprocess",
+                reason="unsupported_array",
+                path=name,
+            )
         if item.dtype == np.float32 and item.shape == (3, s, s):
             if out is None:
                 return np.ascontiguousarray(item)
             out[...] = item
             return out
         if item.dtype == np.uint8 and item.ndim == 3 and item.shape[2] == 3 and min(item.shape[:2]) >= 1:
-            return preprocess(item, spec, fast, out)
+            return preprocess(item, spec, fast, out, raw)
         raise ImageDecodeError(
             f"array of shape {item.shape} and dtype {item.dtype} is neither an HxWx3 uint8 RGB image "
             f"nor a preprocessed (3, {s}, {s}) float32 tensor",
@@ -93,9 +102,9 @@ def prepare_item(
             path=name,
         )
     if isinstance(item, Image.Image):
-        return preprocess(item, spec, fast, out)
+        return preprocess(item, spec, fast, out, raw)
     if isinstance(item, (str, Path, bytes)):
-        return preprocess_file(item, spec, name, max_pixels, fast, out)
+        return preprocess_file(item, spec, name, max_pixels, fast, out, raw)
     raise ImageDecodeError(
         f"unsupported input type {type(item).__name__}; pass a path, bytes, PIL image or numpy array",
         reason="unsupported_type",
@@ -118,6 +127,7 @@ def _pipelined(
     shape: tuple[int, ...],
     shares: int,
     overlap: bool = True,
+    dtype: np.dtype | type = np.float32,
 ) -> Iterator[tuple[list[tuple[int, Any]], np.ndarray, dict[int, BaseException]]]:
     """Yield ([(position, item)], batch array, {row: exception}) per batch, prepared by the pool's threads.
 
@@ -134,7 +144,7 @@ def _pipelined(
 
     def submit() -> tuple[list[tuple[int, Any]], np.ndarray, list[Future]]:
         chunk = list(itertools.islice(it, batch_size))
-        out = np.empty((len(chunk), *shape), np.float32)
+        out = np.empty((len(chunk), *shape), dtype)
 
         def fill(rows: range) -> dict[int, BaseException]:
             failed: dict[int, BaseException] = {}
@@ -150,7 +160,15 @@ def _pipelined(
             return failed
 
         step = -(-len(chunk) // max(1, shares)) if chunk else 1
-        return chunk, out, [pool.submit(fill, range(a, min(a + step, len(chunk)))) for a in range(0, len(chunk), step)]
+        parts = [range(a, min(a + step, len(chunk))) for a in range(0, len(chunk), step)]
+        futures = [pool.submit(fill, rows) for rows in parts[1:]]
+        if parts and not overlap:  # the consumer would only wait: it prepares the first share itself
+            done: Future = Future()
+            done.set_result(fill(parts[0]))
+            futures.insert(0, done)
+        elif parts:
+            futures.insert(0, pool.submit(fill, parts[0]))
+        return chunk, out, futures
 
     pending = submit()
     while pending[0]:
@@ -194,7 +212,15 @@ class Predictor:
     ) -> None:
         _check_sizes(batch_size, topk, workers)
         bundle = BundleManifest.load(bundle_dir)
-        engine = open_bundle(bundle_dir, backend, precision, batch_size=batch_size, verify=verify, **engine_options)
+        engine = open_bundle(
+            bundle_dir,
+            backend,
+            precision,
+            batch_size=batch_size,
+            verify=verify,
+            image_input=fast_preprocess,  # part of the fast path: OpenVINO normalises in its graph
+            **engine_options,
+        )
         self._setup(engine, bundle, Path(bundle_dir), batch_size, topk, workers, unknown_below, fast_preprocess)
 
     @classmethod
@@ -251,6 +277,10 @@ class Predictor:
         self.bundle_dir = bundle_dir
         self.classes: list[str] = list(bundle.classes)
         self.spec: PreprocessSpec = bundle.preprocess
+        # an image-input engine (`open_artifact(image_input=True)`) takes (S, S, 3) uint8 rows, not tensors
+        self.takes_images = bool(getattr(engine, "takes_images", False))
+        s = self.spec.input_size
+        self.row_shape, self.row_dtype = ((s, s, 3), np.uint8) if self.takes_images else ((3, s, s), np.float32)
         self.temperature = bundle.calibration.temperature
         self.unknown_threshold = bundle.calibration.unknown_threshold if unknown_below is None else unknown_below
         self.batch_size = int(batch_size)
@@ -318,15 +348,22 @@ class Predictor:
 
     # -- the steps -------------------------------------------------------------------------------
     def prepare(self, item: Item, source: str | None = None) -> np.ndarray:
-        """Decode and preprocess one input to (3, S, S) float32 (raises ImageDecodeError)."""
-        return prepare_item(item, self.spec, source, fast=self.fast_preprocess)
+        """Decode and preprocess one input to a row of the engine's input (raises ImageDecodeError): (3, S, S)
+        float32, or (S, S, 3) uint8 for an image-input engine (`row_shape`, `row_dtype`)."""
+        return prepare_item(item, self.spec, source, fast=self.fast_preprocess, raw=self.takes_images)
+
+    def tensor(self, row: np.ndarray) -> np.ndarray:
+        """A prepared row as the (3, S, S) float32 model input (what a reference engine takes)."""
+        return normalize(row, self.spec) if self.takes_images else row
 
     def submit_prepare(self, item: Item, source: str | None = None, max_pixels: int | None = None) -> Future:
         """`prepare` on the decode pool (the HTTP app decodes a request's images in parallel)."""
-        return self._pool.submit(prepare_item, item, self.spec, source, max_pixels, self.fast_preprocess)
+        return self._pool.submit(
+            prepare_item, item, self.spec, source, max_pixels, self.fast_preprocess, raw=self.takes_images
+        )
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        """(N, 3, S, S) float32 -> (N, classes) float32 logits, batch_size rows per engine call."""
+        """(N, *row_shape) prepared rows -> (N, classes) float32 logits, batch_size rows per engine call."""
         if batch.ndim == 4 and batch.shape[0] > self.batch_size:
             step = self.batch_size
             return np.concatenate([self.engine.infer(batch[i : i + step]) for i in range(0, batch.shape[0], step)])
@@ -368,11 +405,11 @@ class Predictor:
         """Predictions for a (possibly endless) iterable; decoding batch k+1 overlaps inference of batch k."""
 
         def prepare(item: Item, i: int, row: np.ndarray) -> np.ndarray:
-            return prepare_item(item, self.spec, item_source(item, i), fast=self.fast_preprocess, out=row)
+            source = item_source(item, i)
+            return prepare_item(item, self.spec, source, fast=self.fast_preprocess, out=row, raw=self.takes_images)
 
-        s = self.spec.input_size
         for chunk, batch, failed in _pipelined(
-            items, prepare, self.batch_size, self._pool, (3, s, s), self.workers, self.overlap
+            items, prepare, self.batch_size, self._pool, self.row_shape, self.workers, self.overlap, self.row_dtype
         ):
             good = [j for j in range(len(chunk)) if j not in failed]
             sources = [item_source(item, i) for i, item in chunk]
@@ -390,13 +427,13 @@ class Predictor:
         infer: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> DynamicBatcher:
         """A DynamicBatcher feeding this predictor's engine (submit `prepare`d tensors)."""
-        s = self.spec.input_size
         return DynamicBatcher(
             infer or self.infer,
             max_batch=self.batch_size,
             max_wait_ms=max_wait_ms,
             max_queue=max_queue,
-            item_shape=(3, s, s),
+            item_shape=self.row_shape,
+            item_dtype=np.dtype(self.row_dtype).name,
         )
 
     def close(self) -> None:

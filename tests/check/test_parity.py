@@ -318,3 +318,12 @@ def test_fast_preprocess_also_judges_the_onnx_reference_artifact(tiny_bundle, tm
     (b,) = report.backends.values()
     assert b.artifact == "onnx-fp32" and b.comparison.max_abs_logit_diff > 1e-4  # fast inputs vs exact ones
     assert report.bundle_sha256 == sha256_file(tiny_bundle / "bundle.json")
+
+
+def test_fast_preprocess_judges_openvino_as_serving_runs_it_on_uint8_images(tiny_bundle, tmp_path):
+    report = run_parity(tiny_bundle, backends=["openvino-fp32", "onnx-fp32"], out=tmp_path, fast_preprocess=True)
+    ov, ort = report.backends["openvino:CPU/openvino-fp32"], report.backends["onnxruntime:cpu/onnx-fp32"]
+    assert "[uint8 image input]" in ov.describe and "image input" not in ort.describe
+    assert ov.gate.passed and ort.gate.passed
+    # the same fast pixels, normalised in the graph or on the host: the same logits to FP32 rounding
+    assert abs(ov.comparison.max_abs_logit_diff - ort.comparison.max_abs_logit_diff) <= 1e-4

@@ -143,3 +143,25 @@ def test_every_input_kind_can_be_written_straight_into_a_batch_row(tmp_path):
         assert np.array_equal(row, prepare_item(item, SPEC, fast=fast))
     with pytest.raises(ValueError, match="float32"):
         preprocess(frame, SPEC, out=np.empty((3, 224, 224), np.float64))
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_raw_rows_are_the_rgb_images_the_tensors_are_normalised_from(fast, decoder, tmp_path):
+    """raw=True stops before normalisation (an engine that normalises in its graph): the same pixels, in RGB,
+    from every input kind and both JPEG decoders (OpenCV's decodes BGR)."""
+    from edgeft.core.preprocess import normalize
+    from edgeft.serve.predictor import prepare_item
+
+    frame = smooth_image(640, 480, seed=3)
+    data = jpeg(frame)
+    path = tmp_path / "f.png"
+    Image.fromarray(frame).save(path)
+    for item in (frame, data, path, Image.fromarray(frame)):
+        row = np.zeros((224, 224, 3), np.uint8)
+        assert prepare_item(item, SPEC, fast=fast, out=row, raw=True) is row
+        assert np.array_equal(normalize(row, SPEC), prepare_item(item, SPEC, fast=fast))
+    # a tensor cannot be turned back into the image: refused by name, not fed as garbage
+    with pytest.raises(ImageDecodeError, match="cannot feed an engine that takes uint8 images"):
+        prepare_item(preprocess(frame, SPEC), SPEC, fast=fast, raw=True)
+    with pytest.raises(ValueError, match="uint8"):
+        prepare_item(frame, SPEC, fast=fast, out=np.empty((224, 224, 3), np.float32), raw=True)

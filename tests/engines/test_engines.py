@@ -158,3 +158,29 @@ def test_torch_engine_loads_the_run_lazily(tiny_bundle, batch):
         assert np.abs(engine.infer(batch) - ref.infer(batch)).max() <= 1e-4
     with pytest.raises(EdgeftError, match="fp32 only"):
         open_bundle(tiny_bundle, "torch", "int8")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_openvino_image_input_normalises_in_the_graph(tiny_run, tiny_bundle, precision):
+    """image_input: the IR takes (N, S, S, 3) uint8 RGB and normalises it itself, matching the host's tensors."""
+    from edgeft.core.preprocess import normalize
+
+    spec = BundleManifest.load(tiny_bundle).preprocess
+    splits = SplitsDoc.load(tiny_run)
+    paths = [splits.abspath(it) for it in splits.of("test")]
+    images, _, failed = preprocess_many(paths, spec, raw=True)
+    assert not failed and images.dtype == np.uint8 and images.shape[1:] == (spec.input_size, spec.input_size, 3)
+    tensors = np.stack([normalize(im, spec) for im in images])
+    with open_bundle(tiny_bundle, "openvino", precision) as plain:
+        ref = plain.infer(tensors)
+    with open_bundle(tiny_bundle, "openvino", precision, image_input=True) as engine:
+        assert engine.takes_images and "[uint8 image input]" in engine.describe()
+        got = engine.infer(images)
+        with pytest.raises(EdgeftError, match="uint8"):
+            engine.infer(tensors)  # normalised tensors are refused, not normalised twice
+    assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.95
+    if precision == "fp32":
+        assert np.abs(got - ref).max() <= 1e-4
+        with open_bundle(tiny_bundle, "onnxruntime", "fp32", image_input=True) as ort_engine:
+            assert not getattr(ort_engine, "takes_images", False)  # engines that cannot keep taking tensors
+            assert np.abs(ort_engine.infer(tensors) - ref).max() <= 1e-4

@@ -9,6 +9,7 @@ import threading
 import time
 
 import httpx
+import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from servekit import ControlledEngine, class_frames, png_bytes
@@ -16,8 +17,9 @@ from servekit import ControlledEngine, class_frames, png_bytes
 from edgeft.core.errors import EdgeftError
 from edgeft.core.hashing import sha256_file
 from edgeft.core.manifests import BundleManifest
+from edgeft.core.preprocess import normalize
 from edgeft.engines.select import open_bundle
-from edgeft.serve.predictor import Predictor
+from edgeft.serve.predictor import Predictor, prepare_item
 from edgeft.serve.schema import ErrorBody, HealthResponse, PredictResponse
 from edgeft.serve.server import parse_host_port
 
@@ -222,3 +224,25 @@ def test_host_port_parsing():
         parse_host_port("localhost:http")
     with pytest.raises(EdgeftError, match="out of range"):
         parse_host_port("70000")
+
+
+@pytest.mark.slow
+def test_http_with_openvino_on_uint8_images_batches_them_and_checks_parity(serve, tiny_bundle, images):
+    _, client, app = serve(
+        tiny_bundle,
+        model={"backend": "openvino", "precision": "fp32", "fast_preprocess": True},
+        parity={"sample": 1.0, "min_samples": 1},
+    )
+    assert app.state.serve.predictor.takes_images
+    files = [("files", (f"f{i}.png", images[i], "image/png")) for i in range(4)]
+    r = client.post("/predict", files=files, params={"logits": True})
+    assert r.status_code == 200
+    served = np.array([p["logits"] for p in r.json()["predictions"]], np.float32)
+    assert app.state.serve.monitor.wait_idle(10.0)
+    samples = scrape(client)
+    assert metric(samples, "edgeft_parity_checked_total") == 4  # each reference got a (3, S, S) tensor
+    assert metric(samples, "edgeft_parity_disagreements_total") == 0 and app.state.serve.monitor.snapshot().errors == 0
+    with Predictor(tiny_bundle, "openvino", "fp32", fast_preprocess=False) as tensors_in:
+        spec = tensors_in.spec
+        x = np.stack([normalize(prepare_item(b, spec, fast=True, raw=True), spec) for b in images[:4]])
+        np.testing.assert_allclose(served, tensors_in.infer(x), atol=1e-4)

@@ -218,3 +218,28 @@ def test_only_engines_on_the_cpu_stop_decoding_from_overlapping(tmp_path):
         (TensorRTEngine(model), False),
     ]
     assert [on_cpu(engine) for engine, _ in cases] == [want for _, want in cases]
+
+
+def test_fast_preprocess_on_openvino_feeds_uint8_images_to_a_graph_that_normalises_them(tiny_bundle, test_images):
+    """--fast-preprocess with OpenVINO: rows are the resized uint8 images, the IR normalises them; the answers
+    equal the same engine fed the host-normalised tensors, on every path (predict, batcher, monitor tensors)."""
+    paths = [p for p, _ in test_images[:7]]
+    with Predictor(tiny_bundle, "openvino", "fp32", batch_size=3, fast_preprocess=True) as images_in:
+        assert images_in.takes_images and "[uint8 image input]" in images_in.describe()
+        s = images_in.spec.input_size
+        row = images_in.prepare(paths[0])
+        assert row.shape == (s, s, 3) and row.dtype == np.uint8
+        got = np.array([p.logits for p in images_in.predict(paths)], np.float32)
+        with images_in.batcher(max_wait_ms=1) as batcher:
+            batched = np.stack([f.result(timeout=30) for f in [batcher.submit(images_in.prepare(p)) for p in paths]])
+        tensor = images_in.tensor(row)  # what the parity monitor's reference is given
+        assert tensor.shape == (3, s, s) and tensor.dtype == np.float32
+    with Predictor(tiny_bundle, "openvino", "fp32", batch_size=3) as exact_path:
+        assert not exact_path.takes_images and exact_path.prepare(paths[0]).shape == (3, s, s)
+    engine = open_bundle(tiny_bundle, "openvino", "fp32")
+    with Predictor.from_engine(engine, tiny_bundle, batch_size=3, fast_preprocess=True) as tensors_in:
+        assert not tensors_in.takes_images  # an engine opened without image_input keeps taking tensors
+        ref = np.array([p.logits for p in tensors_in.predict(paths)], np.float32)
+        np.testing.assert_array_equal(tensors_in.prepare(paths[0]), tensor)
+    np.testing.assert_allclose(got, ref, atol=1e-4)
+    np.testing.assert_allclose(batched, ref, atol=1e-4)

@@ -210,3 +210,17 @@ def test_video_files_decode_on_one_thread_and_still_open_when_ffmpeg_cannot(tmp_
         cap.release()
     missing = default_open_capture(str(tmp_path / "absent.avi"))
     assert not missing.isOpened()
+
+
+def test_the_parity_monitor_gets_tensors_when_openvino_takes_uint8_images(tiny_bundle, media, tmp_path):
+    config = ServeConfig.build(
+        model={"backend": "openvino", "precision": "fp32", "batch_size": 4, "fast_preprocess": True},
+        parity={"sample": 1.0, "min_samples": 5},
+        stream={"jsonl": str(tmp_path / "out.jsonl"), "max_frames": 8},
+        status_every_s=0,
+    )
+    report = serve_stream(tiny_bundle, config, source=str(media["dir"]))
+    assert "[uint8 image input]" in report.backend and report.frames == 8
+    p = report.parity
+    assert p is not None and p.errors == 0 and p.checked + p.dropped == 8 and p.checked >= 1
+    assert p.disagreements == 0, "the reference got the normalised tensor of each served image"
