@@ -228,7 +228,9 @@ class Engine:
         if batch.dtype != self.input_dtype:
             raise EdgeftError(
                 f"{self.spec}: got dtype {batch.dtype}; {expected}",
-                fix="preprocess with edgeft.core.preprocess (float32) or cast with .astype",
+                fix="pass the resized uint8 RGB images (edgeft.core.preprocess with raw=True)"
+                if self.input_dtype == np.uint8
+                else "preprocess with edgeft.core.preprocess (float32) or cast with .astype",
             )
         if self.input_shape is not None and (
             batch.ndim != len(self.input_shape) + 1 or batch.shape[1:] != self.input_shape
