@@ -144,9 +144,13 @@ def parity(
     if flips.is_file():
         console.outputs("flipped images", flips)
     if not report.passed:
-        raise GateFailed(
-            "parity FAILED: see the reasons above", path=path, fix="see `edgeft export --help` for INT8 options"
+        fix = (
+            "serve this bundle without --fast-preprocess, or with --backend/--precision of an artifact that passed "
+            "here (serve warns while this file shows the running one failed)"
+            if fast
+            else "serve an artifact that passed, or re-export (see `edgeft export --help` for INT8 options)"
         )
+        raise GateFailed("parity FAILED: see the reasons above", path=path, fix=fix)
     console.say("parity passed", "green")
     console.outputs(path.name, path)
 

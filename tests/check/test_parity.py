@@ -74,6 +74,7 @@ def test_planted_class_swap_fails_the_gate_with_exit_code_1(tiny_bundle, tmp_pat
     result = CliRunner().invoke(app, ["parity", str(bundle), "--out", str(out), "--backends", "onnx-fp32"])
     assert result.exit_code == 1, result.output
     assert "parity FAILED" in result.stderr and "Traceback" not in result.output
+    assert "serve an artifact that passed" in result.stderr
     report = ParityReport.load(out / "parity.json")
     bad = report.backends["onnxruntime:cpu/onnx-fp32"]
     assert not report.passed and not bad.gate.passed
@@ -327,3 +328,13 @@ def test_fast_preprocess_judges_openvino_as_serving_runs_it_on_uint8_images(tiny
     assert ov.gate.passed and ort.gate.passed
     # the same fast pixels, normalised in the graph or on the host: the same logits to FP32 rounding
     assert abs(ov.comparison.max_abs_logit_diff - ort.comparison.max_abs_logit_diff) <= 1e-4
+
+
+def test_a_failed_fast_parity_tells_to_serve_without_the_fast_path(tiny_bundle, tmp_path, monkeypatch):
+    import edgeft.check.gate as gate
+
+    monkeypatch.setattr(gate, "FAST_FP32_AGREEMENT", 1.01)  # no FP32 artifact can pass on fast inputs now
+    args = ["parity", str(tiny_bundle), "--out", str(tmp_path), "--backends", "onnx-fp32", "--fast-preprocess"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1 and "parity FAILED" in result.stderr
+    assert "serve this bundle without --fast-preprocess" in result.stderr and "INT8" not in result.stderr
