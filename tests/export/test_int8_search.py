@@ -117,34 +117,36 @@ def test_multiply_adds_are_counted_from_the_graph(tmp_path):
 
 
 def test_without_a_point_at_the_target_the_best_one_that_still_pays_is_kept():
-    from edgeft.export.quant.search import INT8_MAC_SPEEDUP, Point, SearchResult
+    from edgeft.export.quant.search import Point, SearchResult, modelled_speedup
 
+    # ONNX Runtime's INT8 gains 2x per multiply-add: a third of them float leaves exactly 1.5x
+    assert modelled_speedup(0.0, "onnxruntime") == 2.0 and modelled_speedup(1 / 3, "onnxruntime") == pytest.approx(1.5)
+    assert modelled_speedup(0.0, "openvino") == 3.0 and modelled_speedup(1.0, "openvino") == 1.0
     r = SearchResult("onnx-int8", 0.995, 500, fp32_images_per_s=300.0, min_speedup=1.5)
     r.points = [
-        Point(1, ["stem"], 0.980, 10, 600.0, float_mac_share=0.03),
-        Point(3, ["stem", "a", "b"], 0.986, 7, 500.0, float_mac_share=0.2),
-        Point(9, ["stem", *"abcdefgh"], 0.990, 5, 310.0, float_mac_share=0.8),  # agrees most, but mostly float
+        Point(1, ["stem"], 0.980, 10, 600.0, 0.03, 2.6),
+        Point(3, ["stem", "a", "b"], 0.986, 7, 500.0, 0.2, 2.0),
+        Point(9, ["stem", *"abcdefgh"], 0.990, 5, 310.0, 0.8, 1.1),  # agrees most, but mostly float
     ]
-    assert r.points[2].modelled_speedup == 1 / (0.8 + 0.2 / INT8_MAC_SPEEDUP) < 1.5
     assert r.best is r.points[1]
-    r.points[2].float_mac_share = 0.45  # 1/(0.45 + 0.55/3) = 1.58x modelled: it pays
+    r.points[2].modelled_speedup = 1.58  # now it pays
     assert r.best is r.points[2]
     r.chosen = 0
     assert r.best is r.points[0]
 
 
 def test_what_ships_does_not_depend_on_the_stopwatch():
-    from edgeft.export.quant.search import Point, SearchResult
+    from edgeft.export.quant.search import Point, SearchResult, modelled_speedup
 
     def result(speeds: list[float], fp32: float) -> SearchResult:
-        r = SearchResult("onnx-int8", 0.995, 500, fp32_images_per_s=fp32)
-        shares = [0.03, 0.35, 0.999]
+        r = SearchResult("onnx-int8-cpu", 0.995, 500, fp32_images_per_s=fp32)
+        shares = [0.03, 0.25, 0.999]
         r.points = [
-            Point(i + 1, ["c"] * (i + 1), 0.98 + i / 200, 3 - i, s, sh)
+            Point(i + 1, ["c"] * (i + 1), 0.98 + i / 200, 3 - i, s, sh, modelled_speedup(sh, "onnxruntime"))
             for i, (s, sh) in enumerate(zip(speeds, shares, strict=True))
         ]
         return r
 
     # a quiet machine and a loaded one time the same graphs 2x apart (FP32 timed first, under load)
-    quiet, loaded = result([800.0, 420.0, 237.0], 237.0), result([443.0, 310.0, 211.0], 114.0)
+    quiet, loaded = result([506.0, 359.0, 223.0], 266.0), result([443.0, 310.0, 211.0], 114.0)
     assert quiet.best.n_float == loaded.best.n_float == 2  # the 99.9%-float point never ships as INT8
