@@ -91,8 +91,4 @@ def build(ctx: ExportContext) -> None:
         write_tradeoff(ctx.searches, ctx.options.min_agreement, ctx.work)
         for r in ctx.searches:
             if r.chosen is None:
-                ctx.note(
-                    f"{r.artifact}: no INT8 graph reached {r.target:.1%} agreement on the {r.search_images} "
-                    f"held-out search images (best {r.best.agreement:.2%} with {r.best.n_float} float convs); "
-                    "see tradeoff.png"
-                )
+                ctx.note(r.why_not_chosen())

@@ -104,16 +104,45 @@ def test_the_search_keeps_the_planted_layer_float_and_quantizes_the_rest(tmp_pat
 
 def test_multiply_adds_are_counted_from_the_graph(tmp_path):
     planted_model(tmp_path / "fp32.onnx")
+    sample = np.zeros((1, C_IN, SIZE, SIZE), np.float32)
     # 1x1 convs on an 8x8 map: C_out x 8 x 8 outputs, C_in products each
-    assert conv_macs(tmp_path / "fp32.onnx") == {
+    macs = conv_macs(tmp_path / "fp32.onnx", sample)
+    assert macs == {
         "stem": 8 * 64 * 3,
         "convB": 8 * 64 * 8,
         "convC": 8 * 64 * 8,
         "convD": 8 * 64 * 8,
         "convE": 4 * 64 * 8,
     }
-    macs = conv_macs(tmp_path / "fp32.onnx")
     assert float_share(macs, ["stem", "convB"]) == (1536 + 4096) / (1536 + 3 * 4096 + 2048)
+
+
+def test_convs_whose_size_shape_inference_leaves_open_are_measured_on_a_sample(tmp_path):
+    """A graph with symbolic H x W (as the TorchScript exporter writes timm's run-time "same" padding): the
+    convs' output sizes come from running one image, not from their weights alone."""
+    rng = np.random.default_rng(0)
+    dw = rng.normal(size=(8, 1, 3, 3)).astype(np.float32)  # depthwise 3x3, stride 2, pad 1: 8x8 -> 4x4
+    pw = rng.normal(size=(4, 8, 1, 1)).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["input", "dw.w"], ["a"], name="dw", group=8, strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["a", "pw.w"], ["b"], name="pw"),
+        helper.make_node("GlobalAveragePool", ["b"], ["p"], name="pool"),
+        helper.make_node("Flatten", ["p"], ["logits"], name="flat"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "symbolic",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 8, "H", "W"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])],
+        [numpy_helper.from_array(dw, "dw.w"), numpy_helper.from_array(pw, "pw.w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, str(tmp_path / "sym.onnx"))
+    inferred = onnx.shape_inference.infer_shapes(onnx.load(str(tmp_path / "sym.onnx")))
+    assert not any(v.name == "a" and v.type.tensor_type.shape.dim[2].dim_value for v in inferred.graph.value_info)
+    macs = conv_macs(tmp_path / "sym.onnx", np.zeros((1, 8, SIZE, SIZE), np.float32))
+    assert macs == {"dw": 8 * 4 * 4 * (1 * 3 * 3), "pw": 4 * 4 * 4 * 8}
 
 
 def test_without_a_point_at_the_target_the_best_one_that_still_pays_is_kept():
@@ -150,3 +179,36 @@ def test_what_ships_does_not_depend_on_the_stopwatch():
     # a quiet machine and a loaded one time the same graphs 2x apart (FP32 timed first, under load)
     quiet, loaded = result([506.0, 359.0, 223.0], 266.0), result([443.0, 310.0, 211.0], 114.0)
     assert quiet.best.n_float == loaded.best.n_float == 2  # the 99.9%-float point never ships as INT8
+
+
+def test_the_search_ships_the_same_graph_whatever_the_timings_and_says_when_the_target_costs_too_much(
+    tmp_path, monkeypatch
+):
+    import edgeft.export.quant.search as search_module
+
+    planted_model(tmp_path / "fp32.onnx")
+    rng = np.random.default_rng(1)
+    calib = rng.normal(size=(32, C_IN, SIZE, SIZE)).astype(np.float32)
+    x = rng.normal(size=(200, C_IN, SIZE, SIZE)).astype(np.float32)
+    ref = _fp32_logits(tmp_path / "fp32.onnx", x)
+    variant, cache = ort_quant.U8S8_CPU, tmp_path / "cache" / "ranges.json"
+    # stem + B + C float hold 61% of this toy's multiply-adds: modelled 1.24x FP32 on ONNX Runtime (2x per INT8 MAC)
+    shipped = []
+    for timing in (1e6, 1.0):  # an idle machine, and one so loaded that INT8 looks no faster than anything
+        monkeypatch.setattr(search_module, "_speed", lambda engine, x, t=timing: t)
+        out = tmp_path / f"chosen{len(shipped)}.onnx"
+        info, result = search(
+            tmp_path / "fp32.onnx", out, variant, calib, "minmax", cache, x, ref, 0.90, min_speedup=1.2
+        )
+        assert result.chosen is not None and "convC" in info["float_nodes"]
+        assert result.best.modelled_speedup == pytest.approx(1 / (9728 / 15872 + (6144 / 15872) / 2))
+        shipped.append(out.read_bytes())
+    assert shipped[0] == shipped[1]
+    # the same target at a 1.5x bar: reached, but not worth it; the best graph that pays is kept and said so
+    info, result = search(tmp_path / "fp32.onnx", tmp_path / "c.onnx", variant, calib, "minmax", cache, x, ref, 0.90)
+    assert result.reached is not None and result.chosen is None
+    assert info["search"]["reached_target"] and not info["search"]["chosen"]
+    assert "convC" not in info["float_nodes"] and result.best.modelled_speedup >= 1.5
+    assert "needed 3 float convs (61% of the multiply-adds: modelled 1.24x FP32 < 1.5x)" in result.why_not_chosen()
+    result.reached = None
+    assert "no INT8 graph reached 95.0% agreement" in result.why_not_chosen()

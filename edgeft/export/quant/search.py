@@ -43,7 +43,8 @@ SPEED_IMAGES = 64
 # What an INT8 multiply-add gains over a float one on each engine searched on, as measured on EfficientNet-Lite0
 # at batch 8 on an AVX-512 VNNI CPU (4x the lanes): OpenVINO's INT8 IR ran 2.99x its FP32 engine (LSFD run);
 # ONNX Runtime's U8S8 Q/DQ graph with only the stem float ran 1.9x its FP32 graph (default run, quiet machine).
-INT8_MAC_SPEEDUP = {"openvino": 3.0, "onnxruntime": 2.0}
+# ONNX Runtime's x86 kernels run the S8S8 graph (made for OpenVINO and TensorRT) slower than FP32: no gain.
+INT8_MAC_SPEEDUP = {"openvino": 3.0, "onnxruntime": 2.0, "onnxruntime-s8s8": 1.0}
 # A point ships only if its modelled speedup over FP32 reaches this: a third to a half of the multiply-adds float.
 MIN_MODELLED_SPEEDUP = 1.5
 
@@ -80,7 +81,8 @@ class SearchResult:
     target: float
     search_images: int
     points: list[Point] = field(default_factory=list)
-    chosen: int | None = None  # index into points
+    chosen: int | None = None  # index into points: the point that reached the target and pays
+    reached: int | None = None  # index into points: the first to reach the target, whether or not it pays
     fp32_images_per_s: float | None = None  # measured, for the report
     engine: str = "onnxruntime"  # what the points were run and timed on
     min_speedup: float = MIN_MODELLED_SPEEDUP  # a point ships only if its modelled speedup reaches this
@@ -98,12 +100,28 @@ class SearchResult:
     def pays(self, p: Point) -> bool:
         return p.modelled_speedup >= self.min_speedup
 
+    def why_not_chosen(self) -> str:
+        """One line for the export notes when no point was chosen: the target was out of reach, or too costly."""
+        best = f"{self.best.agreement:.2%} with {self.best.n_float} float convs"
+        if self.reached is None:
+            return (
+                f"{self.artifact}: no INT8 graph reached {self.target:.1%} agreement on the {self.search_images} "
+                f"held-out search images (best {best}); see tradeoff.png"
+            )
+        hit = self.points[self.reached]
+        return (
+            f"{self.artifact}: {hit.agreement:.2%} agreement on the {self.search_images} held-out search images needed "
+            f"{hit.n_float} float convs ({hit.float_mac_share:.0%} of the multiply-adds: modelled "
+            f"{hit.modelled_speedup:.2f}x FP32 < {self.min_speedup}x); kept the best graph that pays ({best}); "
+            "see tradeoff.png"
+        )
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["ranking"] = [{"node": n, "db_lost": round(db, 3)} for n, db in self.ranking[:40]]
         for p in d["points"]:
             p["float_nodes"] = p["float_nodes"][:60]
-        d["reached_target"] = self.chosen is not None
+        d["reached_target"] = self.reached is not None
         return d
 
 
@@ -191,29 +209,39 @@ def rank_convs(fp32: Path, qdq: Path, x: np.ndarray, exclude: list[str]) -> list
     return sorted(lost.items(), key=lambda kv: (-kv[1], kv[0]))
 
 
-def conv_macs(model_path: Path) -> dict[str, int]:
-    """Multiply-adds per image of each Conv/Gemm/MatMul with a constant weight (ONNX shape inference)."""
+def conv_macs(model_path: Path, sample: np.ndarray) -> dict[str, int]:
+    """Multiply-adds per image of each Conv/Gemm/MatMul with a constant weight.
+
+    Conv output sizes come from ONNX shape inference; where it leaves them open (a "same" padding computed at
+    run time, as the TorchScript exporter writes timm's), the graph runs once on `sample` (one image) with those
+    outputs exposed, so no conv is ever counted by its weights alone."""
     import onnx
 
-    model = onnx.shape_inference.infer_shapes(onnx.load(str(model_path)))
-    graph = model.graph
+    graph = onnx.shape_inference.infer_shapes(onnx.load(str(model_path))).graph
     shapes = {
         v.name: [d.dim_value if d.HasField("dim_value") else 0 for d in v.type.tensor_type.shape.dim]
         for v in [*graph.value_info, *graph.output, *graph.input]
     }
     weights = {i.name: list(i.dims) for i in graph.initializer}
+    nodes = [n for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul") and len(n.input) > 1]
+    nodes = [n for n in nodes if n.input[1] in weights]
+    open_sizes = [n.output[0] for n in nodes if n.op_type == "Conv" and not _static(shapes.get(n.output[0], []))]
+    if open_sizes:
+        with tempfile.TemporaryDirectory(prefix="edgeft-macs-") as tmp:
+            got = _activations(_exposed(model_path, open_sizes, Path(tmp) / "m.onnx"), open_sizes, sample[:1])
+        shapes.update({name: list(arrays[0].shape) for name, arrays in got.items()})
     macs = {}
-    for node in graph.node:
-        w = weights.get(node.input[1]) if len(node.input) > 1 else None
-        if w is None or node.op_type not in ("Conv", "Gemm", "MatMul"):
-            continue
-        out = shapes.get(node.output[0], [])
-        if node.op_type == "Conv" and len(out) > 2 and all(out[1:]):
-            # every output element (C_out x H x W) sums C_in/groups x kh x kw products
-            macs[node.name] = math.prod(out[1:]) * math.prod(w[1:])
-        else:  # a matrix product per row, or a conv whose output size inference left open: its weights
+    for node in nodes:
+        w = weights[node.input[1]]
+        if node.op_type == "Conv":  # every output element (C_out x H x W) sums C_in/groups x kh x kw products
+            macs[node.name] = math.prod(shapes[node.output[0]][1:]) * math.prod(w[1:])
+        else:  # a matrix product: one multiply-add per weight per row
             macs[node.name] = max(math.prod(w), 1)
     return macs
+
+
+def _static(shape: list[int]) -> bool:
+    return len(shape) > 2 and all(shape[1:])
 
 
 def float_share(macs: dict[str, int], float_nodes: list[str]) -> float:
@@ -295,7 +323,9 @@ def search(
         step(f"INT8 search {variant.artifact}: per-layer sensitivity on {min(len(x), SENSITIVITY_IMAGES)} images")
         result.ranking = rank_convs(pre, work / "k0.onnx", x[:SENSITIVITY_IMAGES], stem)
         order = input_side_convs(pre, stem)
-        macs = conv_macs(pre)
+        macs = conv_macs(pre, x)
+        s8s8_on_ort = variant.activation == "int8" and engine_cls is OnnxRuntimeEngine
+        gain_key = "onnxruntime-s8s8" if s8s8_on_ort else result.engine
         stale = 0
         for k in _ks(len(order)):
             nodes = stem + order[:k]
@@ -306,10 +336,11 @@ def search(
             agreement, flips, speed = _evaluate(path, x, ref_pred, ref_logits.shape[1], engine_cls)
             best_so_far = max((p.agreement for p in result.points), default=-1.0)
             share = float_share(macs, nodes)
-            point = Point(len(nodes), nodes, agreement, flips, speed, share, modelled_speedup(share, result.engine))
+            point = Point(len(nodes), nodes, agreement, flips, speed, share, modelled_speedup(share, gain_key))
             result.points.append(point)
             if agreement >= target:
                 # more float convs only get slower: stop here, and keep it only if INT8 still pays
+                result.reached = len(result.points) - 1
                 if result.pays(point):
                     result.chosen = len(result.points) - 1
                 break
@@ -325,7 +356,8 @@ def search(
                 "target": target,
                 "images": len(x),
                 "agreement": best.agreement,
-                "reached_target": result.chosen is not None,
+                "reached_target": result.reached is not None,
+                "chosen": result.chosen is not None,
                 "points": len(result.points),
             },
         }
@@ -356,7 +388,7 @@ def write_tradeoff(results: list[SearchResult], min_agreement: float, out_dir: P
         (line,) = ax.plot(xs, ys, "o-", label=f"{r.artifact} on {r.engine}")
         for p in r.points:
             ax.annotate(
-                str(p.n_float),
+                f"{p.n_float} ({p.modelled_speedup:.1f}x)",
                 (p.images_per_s, 100 * p.agreement),
                 fontsize=7,
                 xytext=(3, 3),
@@ -371,7 +403,7 @@ def write_tradeoff(results: list[SearchResult], min_agreement: float, out_dir: P
     ax.axhline(100 * search_target(min_agreement), color="orange", ls=":", lw=1, label="search target")
     ax.set_xlabel(f"images/s (batch {SPEED_BATCH}, CPU); squares: the FP32 graph on the same engine")
     ax.set_ylabel("top-1 agreement with FP32 (%), held-out search images")
-    ax.set_title("INT8 search: float convs (labels) vs agreement and speed; star = chosen")
+    ax.set_title("INT8 search: float convs (modelled speedup) vs agreement and speed; star = chosen")
     ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     fig.savefig(out_dir / "tradeoff.png")
