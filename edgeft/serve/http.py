@@ -294,7 +294,7 @@ def _add_routes(app: FastAPI, state: ServeState) -> None:
         preds = state.predictor.predictions([name for name, _ in items], np.stack(rows), with_logits=logits)
         if state.monitor is not None:
             for x, row in zip(tensors, rows, strict=True):
-                state.monitor.offer(state.predictor.tensor(x), row)
+                state.monitor.offer(x, row)
         state.metrics.images.inc(len(preds))
         return PredictResponse(
             model=state.predictor.name,

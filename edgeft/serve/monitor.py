@@ -92,10 +92,14 @@ class ParityMonitor:
         options: ParityOptions,
         gate: Gate | None = None,
         load_timeout_s: float = 120.0,
+        to_tensor: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> None:
+        """to_tensor: turns a served row into the reference's (3, S, S) float32 input (an image-input engine's
+        uint8 image is normalised), applied to sampled rows only."""
         if not options.enabled:
             raise EdgeftError("the parity sample rate must be in (0, 1]", fix="e.g. --parity-sample 0.01")
         self.reference = reference
+        self.to_tensor = to_tensor
         self.classes = list(classes)
         self.precision = precision
         self.options = options
@@ -135,11 +139,13 @@ class ParityMonitor:
         return self
 
     def offer(self, x: np.ndarray, served_logits: np.ndarray) -> bool:
-        """Maybe queue one preprocessed (3, S, S) input with the served logits row; never blocks. True if queued."""
+        """Maybe queue one served row (a (3, S, S) tensor, or what `to_tensor` takes) with its logits row; never
+        blocks. True if queued."""
         with self._lock:
             if self._rng.random() >= self.options.sample:
                 return False
             self.offered += 1
+            x = self.to_tensor(x) if self.to_tensor is not None else x
             item = (np.array(x, np.float32, copy=True), np.array(served_logits, np.float32, copy=True))
             try:
                 self._queue.put_nowait(item)
@@ -259,4 +265,7 @@ def monitor_for(predictor: Any, options: ParityOptions, reference: ReferenceFact
             )
         reference = bundle_reference(predictor.bundle_dir)
     precision = predictor.precision or "fp32"
-    return ParityMonitor(reference, classes=predictor.classes, precision=precision, options=options).start()
+    to_tensor = predictor.tensor if getattr(predictor, "takes_images", False) else None
+    return ParityMonitor(
+        reference, classes=predictor.classes, precision=precision, options=options, to_tensor=to_tensor
+    ).start()

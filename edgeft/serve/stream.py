@@ -133,7 +133,7 @@ class StreamRunner:
             preds[i] = pred
         if self.monitor is not None:
             for xi, row in zip(x, logits, strict=True):
-                self.monitor.offer(self.predictor.tensor(xi), row)
+                self.monitor.offer(xi, row)
         return [p for p in preds if p is not None], infer_ms
 
     def _process(self, frames: list[Frame]) -> None:

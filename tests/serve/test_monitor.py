@@ -140,3 +140,29 @@ def test_bad_settings_and_a_broken_reference_are_clear_errors():
 
     with pytest.raises(EdgeftError, match="cannot load the parity reference: no reference here"):
         ParityMonitor(broken, classes=["a"], precision="int8", options=options()).start()
+
+
+def test_only_sampled_rows_are_turned_into_reference_tensors():
+    """An image-input engine serves uint8 rows; the monitor normalises just the rows it samples (serving does not
+    pay a float pass per image for a 5% sample)."""
+    seen: list[tuple] = []
+
+    def to_tensor(row: np.ndarray) -> np.ndarray:
+        seen.append((row.shape, row.dtype))
+        return np.zeros((3, 8, 8), np.float32)
+
+    monitor = ParityMonitor(
+        lambda: FakeReference(),
+        classes=list("abcd"),
+        precision="int8",
+        options=options(sample=0.25, seed=3),
+        to_tensor=to_tensor,
+    ).start()
+    with monitor:
+        row = np.eye(4, dtype=np.float32)[0]
+        for _ in range(200):
+            monitor.offer(np.zeros((8, 8, 3), np.uint8), row)
+        assert monitor.wait_idle(10.0)
+        snap = monitor.snapshot()
+    assert 20 < snap.offered < 80 and len(seen) == snap.offered and snap.errors == 0
+    assert set(seen) == {((8, 8, 3), np.dtype(np.uint8))}
