@@ -144,12 +144,17 @@ def parity(
     if flips.is_file():
         console.outputs("flipped images", flips)
     if not report.passed:
-        fix = (
-            "serve this bundle without --fast-preprocess, or with --backend/--precision of an artifact that passed "
-            "here (serve warns while this file shows the running one failed)"
-            if fast
-            else "serve an artifact that passed, or re-export (see `edgeft export --help` for INT8 options)"
-        )
+        fix = "serve an artifact that passed, or re-export (see `edgeft export --help` for INT8 options)"
+        if fast:
+            exact = _exact_verdicts(path.with_name(parity_file(False)), report.bundle_sha256)
+            failed = [k for k, b in report.backends.items() if not b.gate.passed]
+            if exact is None:
+                fix += "; run `edgeft parity` without --fast-preprocess to tell whether the fast path is to blame"
+            elif not report.checks and all(exact.get(k) for k in failed):
+                fix = (
+                    "these artifacts pass `edgeft parity` with THE preprocessing: serve them without "
+                    "--fast-preprocess (serve warns while this file shows the running one failed)"
+                )
         raise GateFailed("parity FAILED: see the reasons above", path=path, fix=fix)
     console.say("parity passed", "green")
     console.outputs(path.name, path)
@@ -157,3 +162,19 @@ def parity(
 
 def register(app: typer.Typer) -> None:
     app.command("parity")(parity)
+
+
+def _exact_verdicts(path: Path, bundle_sha256: str | None) -> dict[str, bool] | None:
+    """{backend key: passed} of the exact-preprocessing parity.json beside a fast one, when it judged this bundle."""
+    from edgeft.core.errors import EdgeftError
+    from edgeft.core.reports import ParityReport
+
+    if not path.is_file():
+        return None
+    try:
+        report = ParityReport.load(path)
+    except EdgeftError:
+        return None
+    if report.bundle_sha256 != bundle_sha256 or report.checks:
+        return None
+    return {k: b.gate.passed for k, b in report.backends.items()}

@@ -334,7 +334,22 @@ def test_a_failed_fast_parity_tells_to_serve_without_the_fast_path(tiny_bundle, 
     import edgeft.check.gate as gate
 
     monkeypatch.setattr(gate, "FAST_FP32_AGREEMENT", 1.01)  # no FP32 artifact can pass on fast inputs now
-    args = ["parity", str(tiny_bundle), "--out", str(tmp_path), "--backends", "onnx-fp32", "--fast-preprocess"]
-    result = CliRunner().invoke(app, args)
+    args = ["parity", str(tiny_bundle), "--out", str(tmp_path), "--backends", "onnx-fp32"]
+    result = CliRunner().invoke(app, [*args, "--fast-preprocess"])
     assert result.exit_code == 1 and "parity FAILED" in result.stderr
-    assert "serve this bundle without --fast-preprocess" in result.stderr and "INT8" not in result.stderr
+    assert "run `edgeft parity` without --fast-preprocess to tell" in result.stderr  # no exact verdict yet
+    assert CliRunner().invoke(app, args).exit_code == 0  # THE preprocessing passes it
+    result = CliRunner().invoke(app, [*args, "--fast-preprocess"])
+    assert result.exit_code == 1 and "serve them without --fast-preprocess" in result.stderr
+    assert "INT8" not in result.stderr
+
+
+def test_a_fast_parity_failure_the_fast_path_did_not_cause_gets_the_re_export_advice(tiny_bundle, tmp_path):
+    bundle = _bundle_copy(tiny_bundle, tmp_path)
+    _swap_classes_in_onnx(bundle, "onnx-fp32", 0, 1)  # wrong with any preprocessing
+    args = ["parity", str(bundle), "--out", str(tmp_path / "o"), "--backends", "onnx-fp32", "--fast-preprocess"]
+    assert "to tell whether the fast path is to blame" in CliRunner().invoke(app, args).stderr
+    assert CliRunner().invoke(app, args[:-1]).exit_code == 1  # THE preprocessing fails it too
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1 and "serve an artifact that passed, or re-export" in result.stderr
+    assert "without --fast-preprocess" not in result.stderr
