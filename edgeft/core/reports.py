@@ -114,6 +114,7 @@ class BenchResult(Doc):
     describe: str
     batch: int
     options: dict[str, Any] = Field(default_factory=dict)
+    image_input: bool = False  # the engine took uint8 images and normalised them in its graph
     engine: Timing
     e2e: dict[str, float]
     e2e_request: Timing

@@ -292,6 +292,7 @@ def bench_batch(
             describe=engine.describe(),
             batch=batch,
             options=engine.used_options(),
+            image_input=predictor.takes_images,
             engine=engine_t,
             e2e=e2e,
             e2e_request=_timing(req_lat, batch * len(req_lat), req_wall),
@@ -348,9 +349,6 @@ def run_bench(
         settings=s.model_dump(mode="json"),
         machine=machine_info(),
         preprocess_cpu_ms_per_image=preprocess_cost_ms(blobs, bundle.preprocess, fast=s.fast_preprocess),
-        image_preprocess_cpu_ms_per_image=(
-            preprocess_cost_ms(blobs, bundle.preprocess, fast=True, raw=True) if s.fast_preprocess else None
-        ),
         skipped_backends=skipped,
     )
     rep.task("bench", len(targets) * len(s.batches))
@@ -363,6 +361,8 @@ def run_bench(
         except EdgeftError as exc:
             report.failed_backends[t.key] = exc.message
             rep.note(f"{t.key} failed: {exc.message}")
+    if any(r.image_input for r in report.results):
+        report.image_preprocess_cpu_ms_per_image = preprocess_cost_ms(blobs, bundle.preprocess, fast=True, raw=True)
     path = Path(out) if out is not None else bundle_dir / "bench.json"
     report.write(path)
     export = bundle_dir / "export_report.json"

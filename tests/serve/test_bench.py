@@ -106,5 +106,14 @@ def test_bench_on_decoded_frames_with_the_fast_preprocessing(tiny_bundle, copy_d
     assert report.settings["input"] == "frames" and report.settings["fast_preprocess"] is True
     [row] = report.results
     assert row.e2e["images"] >= 2 and report.preprocess_cpu_ms_per_image > 0
+    assert not row.image_input and report.image_preprocess_cpu_ms_per_image is None  # ONNX Runtime takes tensors
+    assert "uint8 image" not in result.output
+    ov = [*args[:5], "openvino-fp32", *args[6:], "--input", "frames", "--fast-preprocess"]
+    result = CliRunner().invoke(app, ov)
+    assert result.exit_code == 0, result.output
+    report = BenchReport.load(bdir / "bench.json")
+    [row] = report.results
+    assert row.image_input and "[uint8 image input]" in row.describe and row.e2e["images"] >= 2
+    assert report.image_preprocess_cpu_ms_per_image > 0 and "up to the uint8 image" in result.output
     refused = CliRunner().invoke(app, [*args, "--input", "camera"])
     assert refused.exit_code == 2 and "--input" in refused.stderr and "Traceback" not in refused.output
