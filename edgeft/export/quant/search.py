@@ -121,6 +121,10 @@ class SearchResult:
         d["ranking"] = [{"node": n, "db_lost": round(db, 3)} for n, db in self.ranking[:40]]
         for p in d["points"]:
             p["float_nodes"] = p["float_nodes"][:60]
+            p["float_mac_share"], p["modelled_speedup"] = (
+                round(p["float_mac_share"], 4),
+                round(p["modelled_speedup"], 3),
+            )
         d["reached_target"] = self.reached is not None
         return d
 
