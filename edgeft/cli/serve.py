@@ -39,7 +39,8 @@ FAST = typer.Option(
     "--fast-preprocess",
     help="Faster preprocessing, not bit-exact (its agreement: `edgeft parity --fast-preprocess`): opencv runs "
     "decode JPEGs with libjpeg-turbo (simplejpeg), reduced in size where the box filter allows, and resize with "
-    "INTER_LINEAR; pil runs resample only the crop region.",
+    "INTER_LINEAR; pil runs resample only the crop region. OpenVINO then takes the uint8 images and "
+    "normalises them in its graph.",
 )
 
 
