@@ -138,7 +138,9 @@ def _pipelined(
     overlap=True prepares batch k+1 while the consumer runs batch k (an engine on another device, or one that
     leaves cores idle). overlap=False prepares a batch only after the previous one was consumed: a CPU engine
     that runs every core in lock-step loses more to threads that preempt it than overlap would win (measured
-    by `edgeft bench --input frames`). Items are pulled lazily, so memory stays bounded and endless feeds work.
+    by `edgeft bench --input frames`); the consumer, which would only wait, then prepares the first share
+    itself (one thread hand-off fewer per batch). Items are pulled lazily, so memory stays bounded and endless
+    feeds work. dtype: of the batch array (float32 tensors, or uint8 images for an image-input engine).
     """
     it = enumerate(items)
 

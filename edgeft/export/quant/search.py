@@ -47,19 +47,17 @@ SPEED_IMAGES = 64
 INT8_MAC_SPEEDUP = {"openvino": 3.0, "onnxruntime": 2.0, "onnxruntime-s8s8": 1.0}
 # A point ships only if its modelled speedup over FP32 reaches this: a third to a half of the multiply-adds float.
 MIN_MODELLED_SPEEDUP = 1.5
+MAX_SEARCH_IMAGES = 640  # calib first, then val: enough to see a 0.5% flip rate, bounded time per point
+SPEED_BATCH = 8
+SQNR_CAP_DB = 80.0  # an exact tensor (the graph input, a float layer) has infinite SQNR
+# The ops whose quantization the search ranks and can undo (the convs, the classifier head, the residual adds).
+RANKED_OPS = ("Conv", "Gemm", "MatMul", "Add")
 
 
 def modelled_speedup(float_mac_share: float, engine: str) -> float:
     """Over the FP32 graph, from the float share of multiply-adds: deterministic, unlike a timing."""
     gain = INT8_MAC_SPEEDUP.get(engine, min(INT8_MAC_SPEEDUP.values()))
     return 1.0 / (float_mac_share + (1.0 - float_mac_share) / gain)
-
-
-MAX_SEARCH_IMAGES = 640  # calib first, then val: enough to see a 0.5% flip rate, bounded time per point
-SPEED_BATCH = 8
-SQNR_CAP_DB = 80.0  # an exact tensor (the graph input, a float layer) has infinite SQNR
-# The ops whose quantization the search ranks and can undo (the convs, the classifier head, the residual adds).
-RANKED_OPS = ("Conv", "Gemm", "MatMul", "Add")
 
 
 @dataclass
