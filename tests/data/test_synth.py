@@ -169,3 +169,15 @@ def test_render_specimen_draws_one_fish(species: str) -> None:
     assert 0.01 < m.mean() < 0.6  # a fish, not an empty frame nor a full one
     pixels = np.asarray(img).astype(np.float32)
     assert np.abs(pixels[m].mean(0) - pixels[~m].mean(0)).max() > 3  # the fish stands out from the background
+
+
+def test_refuses_a_folder_holding_a_dataset_it_did_not_write(tmp_path):
+    photos = tmp_path / "Fish_Dataset" / "Trout" / "Trout"
+    photos.mkdir(parents=True)
+    for n in range(1, 6):
+        (photos / f"{n:05d}.png").write_bytes(b"a user's photo %d" % n)
+    before = {p.name: p.read_bytes() for p in photos.iterdir()}
+    with pytest.raises(EdgeftError, match="did not generate") as err:
+        generate_dataset(tmp_path, per_class=2, image_size=SIZE, species=["Trout"])
+    assert err.value.path == str(tmp_path / "Fish_Dataset")
+    assert {p.name: p.read_bytes() for p in photos.iterdir()} == before

@@ -23,6 +23,23 @@ _VIEW_COUNT_P = (0.4, 0.25, 0.2, 0.15)
 _VIEW_KINDS = ("hflip", "vflip", "rot180", "rot90", "rotate")
 _VIEW_KIND_P = (0.25, 0.15, 0.15, 0.15, 0.3)
 _NAME = re.compile(r"^\d{5}\.png$")
+OWNER_MARK = ".edgeft-synth"  # written before the first image: this generator owns the folder
+
+
+def _claim(root: Path) -> None:
+    """Make `root` this generator's folder, refusing one that already holds files it did not write."""
+    if root.exists() and not root.is_dir():
+        raise EdgeftError("the dataset path exists and is not a folder", path=root, fix="pick another --out")
+    ours = (root / OWNER_MARK).is_file() or (root / "synth.json").is_file()
+    if root.is_dir() and not ours and any(root.iterdir()):
+        raise EdgeftError(
+            "this folder already holds a dataset that edgeft did not generate; synthetic images would replace "
+            "and delete its files",
+            path=root,
+            fix="pick a new or empty --out folder",
+        )
+    root.mkdir(parents=True, exist_ok=True)
+    (root / OWNER_MARK).write_text(f"{GENERATOR}\n")
 
 
 def _plan_views(rng: np.random.Generator) -> list[tuple[str, float]]:
@@ -138,6 +155,7 @@ def generate_dataset(
         raise EdgeftError(f"image_size {tuple(image_size)} is too small", fix="use at least 32x32 pixels")
     per_class, size = int(per_class), (w, h)
     root = Path(out) / "Fish_Dataset"
+    _claim(root)
 
     jobs = []
     for name in names:
