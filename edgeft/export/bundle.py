@@ -9,6 +9,7 @@ can never pick it. A FP32 ONNX that does not reproduce torch fails the whole exp
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,6 +44,12 @@ from edgeft.models.onnx import INPUT_NAME, OUTPUT_NAME, export_onnx, metadata
 
 REPORT_FILE = "export_report.json"
 REJECTED_DIR = "rejected"
+# what export, parity and bench write at a bundle's top level; anything else in a bundle is the user's
+BUNDLE_ENTRIES = re.compile(
+    r"(bundle|export_report|calibration|bench|tradeoff|parity(\.fast)?)\.json"
+    r"|(accuracy_latency|tradeoff|parity_flips(\.fast)?)\.png"
+    r"|model(\.[\w-]+)*\.onnx|openvino|tensorrt|triton|rejected"
+)
 ARTIFACT_ORDER = (
     "onnx-fp32",
     "onnx-int8",
@@ -168,6 +175,15 @@ def check_out(out: Path, run_dir: Path, weights_sha: str, force: bool) -> None:
             path=out,
             fix="pick an empty or new --out, or move its contents away yourself",
         ) from None
+    foreign = sorted(p.name for p in out.iterdir() if not BUNDLE_ENTRIES.fullmatch(p.name))
+    if foreign:
+        shown = ", ".join(foreign[:4]) + (f" and {len(foreign) - 4} more" if len(foreign) > 4 else "")
+        raise ExportRefusedError(
+            f"the output bundle also holds files edgeft did not write ({shown}); export rebuilds the whole folder "
+            "and would delete them, even with --force",
+            path=out,
+            fix="move them out of the bundle, or pick another --out",
+        )
     old_sha = old.source.weights_sha256
     if old_sha != weights_sha and not force:
         raise ExportRefusedError(

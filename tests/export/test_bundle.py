@@ -218,6 +218,20 @@ def test_a_foreign_dir_is_refused_and_left_byte_for_byte(tiny_run, tmp_path):
     _no_partials(out)
 
 
+def test_a_bundle_holding_the_users_files_is_refused_even_with_force(tiny_run, tiny_bundle, copy_dir):
+    out = copy_dir(tiny_bundle, "mine")
+    (out / "NOTES.md").write_text("what I found")
+    (out / "my_results").mkdir()
+    (out / "my_results" / "r.txt").write_text("42")
+    before = _snapshot(out)
+    for force in (False, True):
+        with pytest.raises(ExportRefusedError, match=r"did not write \(NOTES\.md, my_results\)") as err:
+            build_bundle(tiny_run, out, force=force, int8=False, fp16=False, formats=["onnx"])
+        assert err.value.path == str(out)
+        assert _snapshot(out) == before
+    _no_partials(out)
+
+
 def test_another_models_bundle_is_refused_unless_force(tiny_run, tiny_bundle, copy_dir):
     out = copy_dir(tiny_bundle, "other")
     other = BundleManifest.load(out)
