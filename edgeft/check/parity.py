@@ -27,6 +27,7 @@ from edgeft.check.refcache import (
     save_reference,
 )
 from edgeft.core.errors import EdgeftError
+from edgeft.core.files import check_out_dir
 from edgeft.core.hashing import sha256_file
 from edgeft.core.locate import locate
 from edgeft.core.manifests import BundleManifest, ModelManifest
@@ -247,6 +248,8 @@ def run_parity(
     preprocessing), so the gate judges the whole fast serving path; those outputs are not cached.
     """
     rep = or_silent(reporter)
+    if out is not None:
+        check_out_dir(Path(out), "--out")
     where = locate(target, need_bundle=True)
     bundle_dir, run_dir = where.bundle_dir, where.run_dir
     assert bundle_dir is not None

@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,26 @@ PARTIAL_TAG = ".partial-"
 def cache_root() -> Path:
     """~/.cache/edgeft, or $EDGEFT_CACHE: features, calibration ranges, synthetic data, reference and artifact logits."""
     return Path(os.environ.get("EDGEFT_CACHE", Path.home() / ".cache" / "edgeft"))
+
+
+def check_out_dir(path: Path, option: str) -> None:
+    """An output folder option must name a folder, or nothing yet (it is then created)."""
+    if path.exists() and not path.is_dir():
+        raise EdgeftError(
+            f"{option} must name a folder, and this is a file",
+            path=path,
+            fix=f"pass a folder (or a new name) as {option}",
+        )
+
+
+def check_out_file(path: Path, option: str, earlier: Callable[[Path], bool]) -> None:
+    """An output file option must name a new file, or one `earlier` recognises as this command's own output."""
+    if path.is_dir():
+        raise EdgeftError(f"{option} is a folder; it names a file", path=path, fix=f"pass a file name as {option}")
+    if path.exists() and not earlier(path):
+        raise EdgeftError(
+            f"{option} would overwrite a file that edgeft did not write", path=path, fix="pick a new file name"
+        )
 
 
 def write_bytes_atomic(path: str | Path, data: bytes, mode: int = FILE_MODE, durable: bool = True) -> Path:

@@ -6,7 +6,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from edgeft.core.files import write_json_atomic
+from edgeft.core.files import check_out_dir, write_json_atomic
 from edgeft.core.plotting import pyplot
 from edgeft.data.layouts import load_dataset
 
@@ -18,8 +18,11 @@ def inspect_dataset(
     progress: Callable[[int, int], None] | None = None,
     grouping: str = "auto",
 ) -> tuple[dict, Path]:
+    if out:
+        check_out_dir(Path(out), "--out")
     ds = load_dataset(root, group_regex=group_regex, progress=progress, grouping=grouping)
     out_dir = Path(out) if out else ds.root.parent / f"{ds.root.name}_inspect"
+    check_out_dir(out_dir, "the report folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     counts = ds.counts()
     classes = {}

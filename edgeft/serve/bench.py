@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from edgeft import __version__
 from edgeft.check.plots import plot_accuracy_latency
 from edgeft.core.errors import EdgeftError
+from edgeft.core.files import check_out_file
 from edgeft.core.locate import locate
 from edgeft.core.manifests import BundleManifest
 from edgeft.core.preprocess import PreprocessSpec, preprocess_many
@@ -337,6 +338,12 @@ def run_bench(
     """
     s = settings or BenchSettings()
     rep = or_silent(reporter)
+    path = chart = None
+    if out is not None:
+        path = Path(out)
+        check_out_file(path, "--out", _earlier_bench)
+        chart = path.with_name(CHART)  # an earlier bench's chart when the bench.json beside it is one
+        check_out_file(chart, f"the chart beside --out ({CHART})", lambda _p: path.exists())
     where = locate(target, need_bundle=True)
     bundle_dir = where.bundle_dir
     assert bundle_dir is not None
@@ -363,8 +370,17 @@ def run_bench(
             rep.note(f"{t.key} failed: {exc.message}")
     if any(r.image_input for r in report.results):
         report.image_preprocess_cpu_ms_per_image = preprocess_cost_ms(blobs, bundle.preprocess, fast=True, raw=True)
-    path = Path(out) if out is not None else bundle_dir / "bench.json"
+    path = path or bundle_dir / "bench.json"
     report.write(path)
     export = bundle_dir / "export_report.json"
-    plot_accuracy_latency(report, ExportReport.load(export) if export.is_file() else None, path.with_name(CHART))
+    plot_accuracy_latency(report, ExportReport.load(export) if export.is_file() else None, chart or bundle_dir / CHART)
     return report
+
+
+def _earlier_bench(path: Path) -> bool:
+    """True for a bench.json an earlier `edgeft bench` wrote (replacing it is what --out asks)."""
+    try:
+        BenchReport.load(path)
+    except EdgeftError:
+        return False
+    return True
