@@ -81,15 +81,22 @@ def parity(
         None, "--backends", help="Comma list of backends/artifacts/precisions, e.g. 'openvino,onnx-int8'."
     ),
     min_agreement: float = typer.Option(
-        None, "--min-agreement", help="INT8/FP16/BF16 top-1 agreement floor [default: the bundle's gate, 0.99]."
+        None,
+        "--min-agreement",
+        min=0.0,
+        max=1.0,
+        help="INT8/FP16/BF16 top-1 agreement floor [default: the bundle's gate, 0.99].",
     ),
     max_drop: float = typer.Option(
-        None, "--max-drop", help="Largest allowed accuracy drop in points [default: the bundle's gate, 1.0]."
+        None, "--max-drop", min=0.0, help="Largest allowed accuracy drop in points [default: the bundle's gate, 1.0]."
     ),
-    logit_tol: float = typer.Option(None, "--logit-tol", help="Largest allowed FP32 |Δlogit| [default: 1e-4]."),
+    logit_tol: float = typer.Option(
+        None, "--logit-tol", min=0.0, help="Largest allowed FP32 |Δlogit| [default: 1e-4]."
+    ),
     min_n: int = typer.Option(
         None,
         "--min-n",
+        min=1,
         help="Fewest images that certify a reduced precision [default: derived from --min-agreement, 381 at 0.99].",
     ),
     out: Path = typer.Option(
@@ -98,7 +105,7 @@ def parity(
     reference: str = typer.Option(
         "auto", "--reference", help="auto (torch if available, else ONNX FP32), torch, onnx."
     ),
-    batch_size: int = typer.Option(32, "--batch-size", help="Images per engine call."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per engine call."),
     no_cache: bool = typer.Option(
         False,
         "--no-cache",

@@ -72,11 +72,14 @@ def export(
         "--formats",
         help="Comma-separated subset of onnx,openvino,tensorrt,triton [default: all this machine can build].",
     ),
-    calib_size: int = typer.Option(300, "--calib-size", help="Calibration images (class-stratified, calib split)."),
+    calib_size: int = typer.Option(
+        300, "--calib-size", min=1, help="Calibration images (class-stratified, calib split)."
+    ),
     calib_method: str = typer.Option("minmax", "--calib-method", help="minmax | entropy | percentile."),
     max_drop: float = typer.Option(
         None,
         "--max-drop",
+        min=0.0,
         help="Max accuracy loss (points) of an INT8/FP16 artifact [default 1.0]. Given explicitly, it also turns "
         "on NNCF accuracy control (val split).",
     ),
@@ -85,11 +88,16 @@ def export(
         False, "--force", help="Replace an out dir holding another model's edgeft bundle (never anything else)."
     ),
     min_agreement: float = typer.Option(
-        0.99, "--min-agreement", help="Top-1 agreement with PyTorch an INT8/FP16/BF16 artifact needs to ship."
+        0.99,
+        "--min-agreement",
+        min=0.0,
+        max=1.0,
+        help="Top-1 agreement with PyTorch an INT8/FP16/BF16 artifact needs to ship.",
     ),
     min_n: int = typer.Option(
         None,
         "--min-n",
+        min=1,
         help="Fewest test images that certify a reduced precision [default: derived from --min-agreement, "
         "381 at 0.99]; below it nothing but FP32 ships.",
     ),

@@ -361,8 +361,13 @@ def bench(
 ) -> None:
     """Throughput, latency, pipeline overhead, size and memory of every backend x precision x batch size."""
     from edgeft.cli.check import split_list
+    from edgeft.engines.openvino import OV_HINTS
     from edgeft.serve.bench import BenchSettings, run_bench
 
+    if hint and hint.upper() not in OV_HINTS:
+        raise EdgeftError(
+            f"--hint: unknown OpenVINO performance hint {hint!r}", fix=f"use one of {', '.join(OV_HINTS)}"
+        )
     settings = BenchSettings.build(
         batches=batch,
         backends=split_list(backends),
