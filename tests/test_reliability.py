@@ -145,6 +145,7 @@ TRAIN = ["train", "folder", "--backbone", "tinynet", "--epochs", "1", "--out", "
 # --unknown-below 0: these cases are about decoding; tests/serve/test_unknown.py covers the threshold
 PREDICT = ["predict", "{bundle}", "--backend", "onnxruntime", "--unknown-below", "0"]
 SERVE = ["serve", "{bundle}", "--backend", "onnxruntime", "--status-every", "0"]
+BENCH = ["bench", "{bundle}", "--seconds", "0.1", "--batch", "1", "--backends", "onnx-fp32"]
 
 CASES: dict[str, Case] = {
     # broken data trees
@@ -256,6 +257,29 @@ CASES: dict[str, Case] = {
         2,
         ("{run}/model.json",),
     ),
+    "export-over-a-bundle-holding-the-users-notes": Case(
+        lambda c: ["export", c.run, "--formats", "onnx", "--no-int8", "--force", "--out", _with_notes(c.bundle)],
+        2,
+        ("{bundle}", "NOTES.md"),
+    ),
+    "synth-over-a-users-dataset": Case(
+        lambda c: ["data", "synth", "--out", _users_dataset(c), "--per-class", "2", "--species", "Trout"],
+        2,
+        ("{tmp}/mine/Fish_Dataset", "did not generate"),
+    ),
+    "bench-out-over-a-users-file": Case(
+        lambda c: [*BENCH, "--out", _mine(c, "notes.txt")], 2, ("{tmp}/mine/notes.txt", "did not write")
+    ),
+    "bench-out-over-a-users-chart": Case(
+        lambda c: [*BENCH, "--out", _mine(c, "accuracy_latency.png").with_name("new.json")],
+        2,
+        ("{tmp}/mine/accuracy_latency.png",),
+    ),
+    "bench-out-is-a-folder": Case(lambda c: [*BENCH, "--out", _mine(c, "x").parent], 2, ("{tmp}/mine", "a folder")),
+    "parity-out-is-a-file": Case(lambda c: ["parity", c.bundle, "--out", _mine(c, "notes.txt")], 2, ("{tmp}/mine",)),
+    "inspect-out-is-a-file": Case(
+        lambda c: ["data", "inspect", c.tree, "--out", _mine(c, "notes.txt")], 2, ("{tmp}/mine/notes.txt",)
+    ),
     "train-existing-name": Case(lambda c: [*TRAIN, "--data", c.tree, "--name", _existing_run(c)], 2, ("{tmp}/runs",)),
     # interrupted commands
     "export-interrupted": Case(
@@ -291,6 +315,9 @@ CASES: dict[str, Case] = {
         patch=lambda mp, c: mp.setattr("edgeft.serve.sources.live.default_open_capture", lambda _t: _Closed()),
     ),
     "serve-bad-option-value": Case(lambda c: [*SERVE, "--source", c.tree, "--topk", "0"], 2, ("--topk",)),
+    "parity-batch-size-zero": Case(lambda c: ["parity", c.bundle, "--batch-size", "0"], 2, ("--batch-size",)),
+    "parity-agreement-above-one": Case(lambda c: ["parity", c.bundle, "--min-agreement", "2"], 2, ("--min-agreement",)),
+    "bench-unknown-hint": Case(lambda c: [*BENCH, "--hint", "FOO"], 2, ("--hint", "LATENCY")),
 }
 
 # odd and broken image files through `edgeft predict`: exit 0, one error line naming the file (or a prediction)
@@ -327,6 +354,27 @@ def _flip_byte(path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
+
+
+def _mine(ctx: Ctx, name: str, data: str = "mine") -> Path:
+    """A file of the user's in {tmp}/mine (protected)."""
+    path = ctx.tmp / "mine" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(data)
+    ctx.protect.append(path.parent)
+    return path
+
+
+def _users_dataset(ctx: Ctx) -> Path:
+    for n in range(1, 4):
+        _mine(ctx, f"Fish_Dataset/Trout/Trout/{n:05d}.png", f"photo {n}")
+    ctx.protect.append(ctx.tmp / "mine")
+    return ctx.tmp / "mine"
+
+
+def _with_notes(bundle: Path) -> Path:
+    (bundle / "NOTES.md").write_text("what I found")  # inside the run copy, which every case protects
+    return bundle
 
 
 def _other_run(ctx: Ctx) -> Path:
