@@ -97,7 +97,9 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 # -- predict -------------------------------------------------------------------------------------
 def predict(
-    paths: list[Path] = typer.Argument(..., help="[BUNDLE|RUN] IMAGE...: images (unreadable ones get an error line)."),
+    paths: list[Path] = typer.Argument(
+        ..., help="[BUNDLE|RUN] IMAGE|FOLDER...: images, or folders of them (unreadable ones get an error line)."
+    ),
     backend: str = BACKEND,
     precision: str = PRECISION,
     batch_size: int = BATCH_SIZE,
@@ -113,9 +115,7 @@ def predict(
 
     first = paths[0]
     target = first if first.is_dir() and (is_bundle_dir(first) or is_run_dir(first)) else None
-    images = paths[1:] if target is not None else paths
-    if not images:
-        raise EdgeftError("no images given", fix="edgeft predict [BUNDLE|RUN] IMAGE...")
+    images = _image_paths(paths[1:] if target is not None else paths)
     config = ServeConfig.build(
         model={
             "backend": backend,
@@ -129,8 +129,38 @@ def predict(
     )
     with Predictor.from_options(bundle_dir_of(target), config.model) as predictor:
         console.labelled("engine", predictor.describe(), stderr=True)
+        classified = 0
         for pred in predictor.predict_iter(images):
+            classified += pred.ok
             typer.echo(pred.to_json(with_logits=logits))
+    if not classified:
+        raise EdgeftError(
+            f"none of the {len(images)} input(s) could be classified; each line above says why",
+            path=images[0] if len(images) == 1 else None,
+            fix="check the paths: pass image files, or folders of them",
+        )
+
+
+def _image_paths(paths: list[Path]) -> list[Path]:
+    """The images to classify: files as given, folders replaced by the images under them (each once)."""
+    from edgeft.serve.sources.files import IMAGE_EXTENSIONS, list_images
+
+    if not paths:
+        raise EdgeftError("no images given", fix="edgeft predict [BUNDLE|RUN] IMAGE|FOLDER...")
+    images: list[Path] = []
+    for p in paths:
+        if not p.is_dir():
+            images.append(p)
+            continue
+        found = list_images(p)
+        if not found:
+            raise EdgeftError(
+                "this folder holds no images",
+                path=p,
+                fix=f"pass images ({', '.join(IMAGE_EXTENSIONS)}) or their folder",
+            )
+        images += found
+    return images
 
 
 # -- serve ---------------------------------------------------------------------------------------

@@ -155,3 +155,20 @@ def test_serve_refuses_bad_options(tiny_bundle, folder, tmp_path, args, message)
 
 def test_predict_without_images_is_refused(tiny_bundle):
     refused(invoke("predict", tiny_bundle), "no images given")
+
+
+def test_predict_reads_a_folder_for_its_images(tiny_bundle, folder, tmp_path):
+    result = invoke("predict", tiny_bundle, folder, "--backend", "onnxruntime")
+    assert result.exit_code == 0, result.output
+    sources = [Prediction.model_validate_json(line).source for line in result.stdout.splitlines()]
+    assert sources == [str(folder / f"frame_{i:04d}.png") for i in range(8)]
+    (tmp_path / "empty").mkdir()
+    refused(invoke("predict", tiny_bundle, tmp_path / "empty"), "holds no images")
+
+
+def test_predict_fails_when_no_input_could_be_classified(tiny_bundle, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8 nope")
+    result = invoke("predict", tiny_bundle, bad, tmp_path / "typo.jpg", "--backend", "onnxruntime")
+    refused(result, "none of the 2 input(s) could be classified")
+    assert [Prediction.model_validate_json(line).ok for line in result.stdout.splitlines()] == [False, False]
