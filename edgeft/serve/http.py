@@ -144,10 +144,13 @@ async def request_images(request: Request, files: list[UploadFile] | None, max_i
     ctype = request.headers.get("content-type", "").lower()
     if ctype.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
         if not files:
+            form = ctype.startswith("multipart/")
             raise ApiError(
                 400,
                 "no_images",
-                "the form has no file parts; send images as files (curl -F file=@fish.jpg) or one image as the body",
+                ("the form has no file parts" if form else f"a {ctype.split(';')[0]} body is a form, not an image")
+                + "; send images as files (curl -F file=@fish.jpg), or one image as the body with its own content "
+                "type (curl -H 'Content-Type: image/jpeg' --data-binary @fish.jpg)",
                 reason="no_images",
             )
         items = [(f.filename or f"file{i}", await f.read()) for i, f in enumerate(files)]
