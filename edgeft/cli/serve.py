@@ -212,12 +212,10 @@ def _serve_http(bundle_dir: Path, http: str, config: Any) -> None:
     app = create_app(bundle_dir, config)
     interrupted = False
     try:
-        serve_http(app, host, port)
+        serve_http(app, host, port)  # a server that cannot bind raises before it starts: no "stopped" line then
     except KeyboardInterrupt:  # Ctrl-C / SIGTERM is how a server stops: say so, exit 130, no "error:"
         interrupted = True
-    finally:
-        metrics = app.state.serve.metrics
-        console.say(f"stopped: {metrics.status_line()}", stderr=True)
+    console.say(f"stopped: {app.state.serve.metrics.status_line()}", stderr=True)
     if interrupted:
         raise typer.Exit(EXIT_INTERRUPTED)
 

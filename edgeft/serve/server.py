@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import socket
 import threading
@@ -59,9 +60,13 @@ def bound_socket(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise EdgeftError(
-            f"cannot bind {host}:{port} ({exc.strerror})", fix="pick another port, e.g. --http 127.0.0.1:8080"
-        ) from None
+        if exc.errno == errno.EADDRNOTAVAIL:
+            fix = f"{host} is not an address of this machine: use 127.0.0.1 (this machine) or 0.0.0.0 (every network)"
+        elif exc.errno == errno.EACCES and port < 1024:
+            fix = "ports below 1024 need root: pick a higher port, e.g. --http 127.0.0.1:8080"
+        else:
+            fix = "pick another port, e.g. --http 127.0.0.1:8080 (another server may hold this one)"
+        raise EdgeftError(f"cannot bind {host}:{port} ({exc.strerror})", fix=fix) from None
     return sock
 
 

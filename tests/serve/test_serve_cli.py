@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import socket
 
 import pytest
 from servekit import class_frames, png_bytes
@@ -172,3 +173,16 @@ def test_predict_fails_when_no_input_could_be_classified(tiny_bundle, tmp_path):
     result = invoke("predict", tiny_bundle, bad, tmp_path / "typo.jpg", "--backend", "onnxruntime")
     refused(result, "none of the 2 input(s) could be classified")
     assert [Prediction.model_validate_json(line).ok for line in result.stdout.splitlines()] == [False, False]
+
+
+def test_serve_http_that_cannot_bind_names_the_cause(tiny_bundle):
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        in_use = invoke("serve", tiny_bundle, "--http", f"127.0.0.1:{port}", "--backend", "onnxruntime")
+    refused(in_use, f"cannot bind 127.0.0.1:{port}")
+    assert "pick another port" in in_use.stderr and "stopped:" not in in_use.stderr  # it never started
+    foreign = invoke("serve", tiny_bundle, "--http", "192.0.2.1:8080", "--backend", "onnxruntime")  # TEST-NET-1
+    refused(foreign, "cannot bind 192.0.2.1:8080")
+    assert "not an address of this machine" in foreign.stderr and "stopped:" not in foreign.stderr
