@@ -168,7 +168,7 @@ def parity(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("parity")(parity)
+    app.command("parity", short_help="Check that every exported backend agrees with the model.")(parity)
 
 
 def _exact_verdicts(path: Path, bundle_sha256: str | None) -> dict[str, bool] | None:

@@ -12,7 +12,7 @@ from edgeft.core.errors import EdgeftError
 data_app = typer.Typer(help="Generate or inspect datasets.", no_args_is_help=True)
 
 
-@data_app.command("synth")
+@data_app.command("synth", short_help="Write the SYNTHETIC fish dataset (Kaggle layout).")
 def synth(
     out: Path = typer.Option(..., "--out", help="Directory to write Fish_Dataset/ into."),
     per_class: int = typer.Option(150, "--per-class", help="Images per species."),
@@ -36,7 +36,7 @@ def synth(
     console.outputs("Dataset written to", root)
 
 
-@data_app.command("inspect")
+@data_app.command("inspect", short_help="Class balance, skipped files and groups of a dataset.")
 def inspect(
     root: Path = typer.Argument(..., help="Dataset root (any supported layout)."),
     out: Path = typer.Option(None, "--out", help="Where to write the report (default ROOT/../<name>_inspect)."),

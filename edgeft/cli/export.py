@@ -145,4 +145,4 @@ def export(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("export")(export)
+    app.command("export", short_help="Export a run to a bundle: ONNX, INT8, OpenVINO, Triton.")(export)

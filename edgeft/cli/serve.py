@@ -415,6 +415,6 @@ def bench(
 
 def register(app: typer.Typer) -> None:
     """Add predict, serve and bench to the edgeft CLI."""
-    app.command("predict")(predict)
-    app.command("serve")(serve)
-    app.command("bench")(bench)
+    app.command("predict", short_help="Classify images: one JSON line per image.")(predict)
+    app.command("serve", short_help="Classify a camera, stream, video, folder or HTTP.")(serve)
+    app.command("bench", short_help="Speed, latency, size and memory of every backend.")(bench)

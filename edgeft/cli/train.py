@@ -173,7 +173,7 @@ def _other_rank(rank: int, task: str, data: Path | None, kw: dict) -> None:
         raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
-@train_app.command("fish")
+@train_app.command("fish", short_help="Train on the fish dataset (synthetic by default).")
 def train_fish(
     data: Path = typer.Option(
         None, "--data", help="Fish_Dataset root (or its parent); default: embedded synthetic fish."
@@ -219,15 +219,15 @@ def train_folder(**options: Any) -> None:
     run_training("folder", **options)
 
 
-# `train folder` takes exactly `train fish`'s options, except that --data is required
+# `train folder` takes `train fish`'s options, except that --data is required (so no synthetic default)
 _FISH = inspect.signature(train_fish)
 _FOLDER_DATA = _FISH.parameters["data"].replace(
     default=typer.Option(..., "--data", help="Class-per-folder or train/val/test tree.")
 )
 train_folder.__signature__ = _FISH.replace(  # type: ignore[attr-defined]
-    parameters=[_FOLDER_DATA, *(p for n, p in _FISH.parameters.items() if n != "data")]
+    parameters=[_FOLDER_DATA, *(p for n, p in _FISH.parameters.items() if n not in ("data", "synth_per_class"))]
 )
-train_folder.__annotations__ = dict(train_fish.__annotations__)
+train_folder.__annotations__ = {k: v for k, v in train_fish.__annotations__.items() if k != "synth_per_class"}
 train_app.command("folder")(train_folder)
 
 
@@ -271,4 +271,4 @@ def render_eval(metrics) -> None:
 
 def register(app: typer.Typer) -> None:
     app.add_typer(train_app, name="train")
-    app.command("eval")(eval_cmd)
+    app.command("eval", short_help="Re-measure a run's model on its test split.")(eval_cmd)

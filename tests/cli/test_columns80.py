@@ -102,3 +102,18 @@ def test_narrow_tables_drop_low_priority_columns_before_splitting_words():
     buf = io.StringIO()
     Console(file=buf, width=40).print(narrow)
     assert "backend-with-a-long-name/" in buf.getvalue() and "artifact-with-a-long-name" in buf.getvalue()
+
+
+@pytest.mark.parametrize("group", [[], ["train"], ["data"]])
+def test_command_lists_fit_80_columns_uncut(group, monkeypatch):
+    from typer.testing import CliRunner
+
+    from edgeft.cli.app import app
+
+    monkeypatch.setenv("COLUMNS", "80")
+    result = CliRunner().invoke(app, [*group, "--help"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    commands = result.output.split("Commands:")[1].splitlines()[1:]
+    assert len([c for c in commands if c.strip()]) >= 2, result.output
+    for line in commands:
+        assert len(line) <= 80 and not line.rstrip().endswith("..."), line
