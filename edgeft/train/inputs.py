@@ -39,7 +39,7 @@ def synthetic_fish(seed: int, per_class: int, rep: Reporter) -> Path:
     if not marker.is_file():
         rep.note(f"generating the SYNTHETIC fish dataset ({per_class} images/class, seed {seed}) in {target}")
         rep.task("synth", None)
-        generate_dataset(target, per_class=per_class, seed=seed, progress=rep.update)
+        generate_dataset(target, per_class=per_class, seed=seed, progress=rep.update, owned=True)  # our cache
         marker.write_text("ok\n")
     return target
 

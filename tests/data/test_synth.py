@@ -181,3 +181,11 @@ def test_refuses_a_folder_holding_a_dataset_it_did_not_write(tmp_path):
         generate_dataset(tmp_path, per_class=2, image_size=SIZE, species=["Trout"])
     assert err.value.path == str(tmp_path / "Fish_Dataset")
     assert {p.name: p.read_bytes() for p in photos.iterdir()} == before
+
+
+def test_an_owned_folder_is_regenerated_even_without_the_mark(tmp_path):
+    stale = tmp_path / "Fish_Dataset" / "Trout" / "Trout" / "00009.png"  # an interrupted run of an older version
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"half")
+    root = generate_dataset(tmp_path, per_class=2, image_size=SIZE, species=["Trout"], owned=True)
+    assert sorted(p.name for p in (root / "Trout" / "Trout").iterdir()) == ["00001.png", "00002.png"]

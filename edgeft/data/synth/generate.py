@@ -26,11 +26,12 @@ _NAME = re.compile(r"^\d{5}\.png$")
 OWNER_MARK = ".edgeft-synth"  # written before the first image: this generator owns the folder
 
 
-def _claim(root: Path) -> None:
-    """Make `root` this generator's folder, refusing one that already holds files it did not write."""
+def _claim(root: Path, owned: bool) -> None:
+    """Make `root` this generator's folder, refusing one that already holds files it did not write (unless the
+    caller owns the folder: edgeft's own cache)."""
     if root.exists() and not root.is_dir():
         raise EdgeftError("the dataset path exists and is not a folder", path=root, fix="pick another --out")
-    ours = (root / OWNER_MARK).is_file() or (root / "synth.json").is_file()
+    ours = owned or (root / OWNER_MARK).is_file() or (root / "synth.json").is_file()
     if root.is_dir() and not ours and any(root.iterdir()):
         raise EdgeftError(
             "this folder already holds a dataset that edgeft did not generate; synthetic images would replace "
@@ -135,11 +136,14 @@ def generate_dataset(
     species: Sequence[str] | None = None,
     masks: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    owned: bool = False,
 ) -> Path:
     """Writes out/Fish_Dataset/<Species>/<Species>/00001.png ... and out/Fish_Dataset/<Species>/<Species> GT/00001.png
     (binary fish mask), plus out/Fish_Dataset/synth.json; returns the Fish_Dataset path.
 
     Same arguments give byte-identical files; a species subset gives the same images for those species.
+    A Fish_Dataset folder holding files this generator did not write is refused, unless `owned` (the caller's
+    own folder, e.g. edgeft's cache).
     """
     if isinstance(species, str):
         species = [species]
@@ -155,7 +159,7 @@ def generate_dataset(
         raise EdgeftError(f"image_size {tuple(image_size)} is too small", fix="use at least 32x32 pixels")
     per_class, size = int(per_class), (w, h)
     root = Path(out) / "Fish_Dataset"
-    _claim(root)
+    _claim(root, owned)
 
     jobs = []
     for name in names:
