@@ -232,7 +232,11 @@ train_app.command("folder")(train_folder)
 
 
 def eval_cmd(
-    run: Path = typer.Argument(None, help="Run dir written by `edgeft train` (default: the latest under runs/)."),
+    run: Path = typer.Argument(
+        None,
+        help="Run dir written by `edgeft train`, or a bundle (then the run it was exported from, where eval.json "
+        "goes); default: the latest under runs/.",
+    ),
     data: Path = typer.Option(None, "--data", help="Evaluate on this tree instead of the run's test split."),
 ) -> None:
     """Recompute metrics of a run's PyTorch model on its test split, or on another image tree."""
