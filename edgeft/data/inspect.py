@@ -19,10 +19,11 @@ def inspect_dataset(
     grouping: str = "auto",
 ) -> tuple[dict, Path]:
     if out:
-        check_out_dir(Path(out), "--out")
+        check_out_dir(Path(out), "--out")  # before a long scan
     ds = load_dataset(root, group_regex=group_regex, progress=progress, grouping=grouping)
     out_dir = Path(out) if out else ds.root.parent / f"{ds.root.name}_inspect"
-    check_out_dir(out_dir, "the report folder")
+    if not out:
+        check_out_dir(out_dir, "the default report folder (pass --out to pick another)")
     out_dir.mkdir(parents=True, exist_ok=True)
     counts = ds.counts()
     classes = {}
