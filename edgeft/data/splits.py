@@ -19,7 +19,12 @@ class SplitFractions:
     test: float = 0.20
 
     def __post_init__(self) -> None:
-        if min(self.val, self.calib, self.test) < 0 or self.val + self.calib + self.test >= 0.95:
+        negative = [
+            f"--{k}-frac {v}" for k, v in (("val", self.val), ("calib", self.calib), ("test", self.test)) if v < 0
+        ]
+        if negative:
+            raise EdgeftError(f"split fractions cannot be negative: {', '.join(negative)}", fix="pass 0 or more")
+        if self.val + self.calib + self.test >= 0.95:
             raise EdgeftError(
                 f"split fractions val={self.val} calib={self.calib} test={self.test} leave too little for train",
                 fix="keep val + calib + test below 0.95",

@@ -3,10 +3,12 @@ training returns, and where its run dir goes."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from edgeft.core.errors import EdgeftError
+from edgeft.core.locate import is_run_dir
 from edgeft.core.preprocess import CROPS, RESAMPLERS
 from edgeft.core.reports import MetricsDoc
 from edgeft.data.splits import SplitFractions
@@ -73,6 +75,28 @@ class TrainConfig:
             raise EdgeftError("--epochs must be >= 1 and --finetune-epochs >= 0", fix="pass positive epoch counts")
         if not 0.0 <= self.false_reject_rate < 1.0:
             raise EdgeftError("--false-reject-rate must be in [0, 1)", fix="e.g. --false-reject-rate 0.05")
+        ranges = [
+            ("--batch-size", self.batch_size >= 1, "at least 1", "64"),
+            ("--lr", self.lr > 0 and self.finetune_lr > 0, "above 0", "3e-3"),
+            ("--dropout", 0.0 <= self.dropout < 1.0, "in [0, 1)", "0.3"),
+            ("--weight-decay", self.weight_decay >= 0, "0 or more", "1e-4"),
+            ("--patience", self.patience >= 0, "0 or more", "8"),
+            ("--hidden", all(w >= 1 for w in self.hidden), "widths of at least 1", "256"),
+            (
+                "--device",
+                re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device) is not None,
+                "auto, cpu, cuda[:N] or mps",
+                "auto",
+            ),
+        ]
+        for flag, ok, allowed, example in ranges:
+            if not ok:
+                raise EdgeftError(f"{flag} must be {allowed}", fix=f"e.g. {flag} {example}")
+        if self.name is not None and (not self.name or self.name != Path(self.name).name or self.name[0] == "."):
+            raise EdgeftError(
+                f"--name {self.name!r} is not a run name: it must be one folder name, not a path",
+                fix="pick a plain name such as exp-trout (the run goes to OUT/TASK/NAME)",
+            )
 
     def record(self) -> dict:
         """JSON-ready hyper-parameters for model.json and args.json."""
@@ -93,6 +117,9 @@ def next_run_dir(out: Path, task: str, name: str | None, overwrite: bool, resume
     """runs/<task>/<name>; without a name, exp, exp2, exp3, ... like other training tools (a name whose
     interrupted training left a checkpoint counts as taken)."""
     base = out / task
+    for folder in (out, base):
+        if folder.exists() and not folder.is_dir():
+            raise EdgeftError("the runs folder is a file", path=folder, fix="pass a folder as --out")
     if resume and not name:
         raise EdgeftError(
             "--resume needs the --name of the interrupted run", fix="pass --name NAME with the interrupted run's name"
@@ -104,6 +131,12 @@ def next_run_dir(out: Path, task: str, name: str | None, overwrite: bool, resume
                 "a run with this name already exists; it is left untouched",
                 path=target,
                 fix="pick another --name, or pass --overwrite to replace it once the new run is complete",
+            )
+        if (target.exists() or target.is_symlink()) and not (target.is_dir() and is_run_dir(target)):
+            raise EdgeftError(
+                "this name is taken by something that is not an edgeft run; --overwrite replaces runs only",
+                path=target,
+                fix="pick another --name, or move it away yourself",
             )
         return target
     i = 1

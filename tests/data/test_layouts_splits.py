@@ -220,6 +220,8 @@ def test_splits_deterministic_stratified_grouped_disjoint(grouped_tree, tmp_path
 def test_split_fractions_validated():
     with pytest.raises(EdgeftError, match="leave too little for train"):
         SplitFractions(val=0.4, calib=0.3, test=0.3)
+    with pytest.raises(EdgeftError, match="cannot be negative: --val-frac -0.1"):
+        SplitFractions(val=-0.1)
 
 
 def test_detect_layout_nested_kaggle_archive(tmp_path):

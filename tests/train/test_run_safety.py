@@ -15,7 +15,7 @@ import edgeft
 from edgeft.core.errors import EdgeftError
 from edgeft.core.hashing import sha256_file
 from edgeft.core.manifests import ModelManifest
-from edgeft.train.run import TrainConfig
+from edgeft.train.run import TrainConfig, train
 
 pytestmark = pytest.mark.slow
 
@@ -74,9 +74,60 @@ def test_failed_retrain_while_writing_leaves_no_partial_and_the_old_run(
 
 @pytest.mark.parametrize(
     ("option", "value"),
-    [("head", "svm"), ("crop", "zoom"), ("resampler", "simd"), ("augment", "rot90"), ("epochs", 0)],
+    [
+        ("head", "svm"),
+        ("crop", "zoom"),
+        ("resampler", "simd"),
+        ("augment", "rot90"),
+        ("epochs", 0),
+        ("batch_size", 0),
+        ("lr", -1.0),
+        ("dropout", 1.5),
+        ("weight_decay", -1.0),
+        ("patience", -1),
+        ("hidden", (0,)),
+        ("device", "foo"),
+        ("name", "a/b"),
+        ("name", "../escape"),
+        ("name", "/tmp/abs"),
+        ("name", ".."),
+        ("name", ""),
+    ],
 )
 def test_the_library_refuses_options_no_training_can_use(option, value):
     """TrainConfig checks its own values: code that builds one without the CLI gets the same clear error."""
     with pytest.raises(EdgeftError, match=f"--{option.replace('_', '-')}"):
         TrainConfig(**{option: value})
+
+
+@pytest.mark.parametrize("kind", ["folder", "file"])
+def test_overwrite_replaces_runs_only(kind, colour_tree, tmp_path):
+    taken = tmp_path / "runs" / "folder" / "mine"
+    taken.parent.mkdir(parents=True)
+    if kind == "folder":
+        taken.mkdir()
+        (taken / "precious.txt").write_text("mine")
+    else:
+        taken.write_text("mine")
+    before = _snapshot(taken.parent)
+    cfg = TrainConfig(
+        task="folder",
+        data=colour_tree,
+        backbone="tinynet",
+        epochs=1,
+        out=tmp_path / "runs",
+        name="mine",
+        overwrite=True,
+    )
+    with pytest.raises(EdgeftError, match="not an edgeft run") as err:
+        train(cfg)
+    assert err.value.path == str(taken) and _snapshot(taken.parent) == before
+    assert sorted(p.name for p in taken.parent.iterdir()) == ["mine"]  # no checkpoint, no partial run
+
+
+def test_runs_folder_that_is_a_file_is_refused(colour_tree, tmp_path):
+    out = tmp_path / "afile.txt"
+    out.write_text("mine")
+    with pytest.raises(EdgeftError, match="runs folder is a file"):
+        train(TrainConfig(task="folder", data=colour_tree, backbone="tinynet", epochs=1, out=out))
+    assert out.read_text() == "mine"
