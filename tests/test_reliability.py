@@ -252,6 +252,29 @@ CASES: dict[str, Case] = {
         2,
         ("{tmp}/inputs/clip.mp4",),
     ),
+    "serve-save-into-the-users-images": Case(
+        lambda c: [*SERVE, "--source", _mine(c, "a.png").parent, "--save", _mine(c, "b.png").parent],
+        2,
+        ("{tmp}/mine", "not empty"),
+    ),
+    "serve-save-unknown-extension": Case(
+        lambda c: [*SERVE, "--source", c.file("a.png", png()), "--save", c.tmp / "out.txt"], 2, ("{tmp}/out.txt",)
+    ),
+    "train-overwrite-a-folder-that-is-no-run": Case(
+        lambda c: [
+            *TRAIN,
+            "--data",
+            c.tree,
+            "--name",
+            "notes",
+            "--overwrite",
+            "--out",
+            _mine(c, "folder/notes/x").parents[2],
+        ],
+        2,
+        ("{tmp}/mine/folder/notes", "not an edgeft run"),
+    ),
+    "train-name-is-a-path": Case(lambda c: [*TRAIN, "--data", c.tree, "--name", "../escape"], 2, ("--name",)),
     "serve-jsonl-over-model-json": Case(
         lambda c: [*SERVE, "--source", c.file("a.png", png()), "--jsonl", c.run / "model.json"],
         2,

@@ -181,6 +181,18 @@ class AnnotatedSaver:
         if self.fourcc is not None:
             self._init_file(target)
             return
+        if not target.exists() and target.suffix:
+            raise EdgeftError(
+                f"--save {target.name}: {target.suffix} is not a video format",
+                path=target,
+                fix=f"name a video file ({', '.join(VIDEO_FOURCC)}), or a new folder without an extension",
+            )
+        if not as_video and target.is_dir() and any(target.iterdir()):
+            raise EdgeftError(
+                "the --save folder is not empty; annotated images would overwrite the files in it",
+                path=target,
+                fix="pick a new or empty folder",
+            )
         self.dir = target
         self.as_video = as_video
         self.fourcc = "MJPG"
@@ -195,6 +207,10 @@ class AnnotatedSaver:
         stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in source_id).strip("._") or "stream"
         self.video_path = self.dir / f"{Path(stem).stem}.annotated.avi"
         self._partial = self.video_path
+        if as_video and self.video_path.exists():
+            raise EdgeftError(
+                "--save would overwrite an existing file", path=self.video_path, fix="pick another folder, or move it"
+            )
 
     def _init_file(self, path: Path) -> None:
         if path.exists():
