@@ -27,6 +27,7 @@ import numpy as np
 from fastapi import FastAPI, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.datastructures import UploadFile as StarletteUploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
@@ -139,21 +140,24 @@ class ServeState:
             self.predictor.close()
 
 
-async def request_images(request: Request, files: list[UploadFile] | None, max_images: int) -> list[tuple[str, bytes]]:
+async def request_images(request: Request, max_images: int) -> list[tuple[str, bytes]]:
     """Multipart -> every uploaded file; any other content type -> the raw body as one image."""
     ctype = request.headers.get("content-type", "").lower()
     if ctype.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
-        if not files:
+        # every file part, whatever its field name (-F files=@a.jpg, -F file=@a.jpg, -F image=@a.jpg); the form
+        # FastAPI parsed for `files` is cached on the request
+        parts = [v for _, v in (await request.form()).multi_items() if isinstance(v, StarletteUploadFile)]
+        if not parts:
             form = ctype.startswith("multipart/")
             raise ApiError(
                 400,
                 "no_images",
-                ("the form has no file parts" if form else f"a {ctype.split(';')[0]} body is a form, not an image")
+                ("the form has no file parts" if form else f"the body is declared {ctype.split(';')[0]} (a form)")
                 + "; send images as files (curl -F file=@fish.jpg), or one image as the body with its own content "
                 "type (curl -H 'Content-Type: image/jpeg' --data-binary @fish.jpg)",
                 reason="no_images",
             )
-        items = [(f.filename or f"file{i}", await f.read()) for i, f in enumerate(files)]
+        items = [(f.filename or f"file{i}", await f.read()) for i, f in enumerate(parts)]
     else:
         items = [("<body>", await request.body())]
     if len(items) > max_images:
@@ -291,7 +295,7 @@ def _add_routes(app: FastAPI, state: ServeState) -> None:
     ) -> PredictResponse:
         """Classify one image (raw body) or several (multipart files)."""
         t0 = time.perf_counter()
-        items = await request_images(request, files, state.config.http.max_queue)
+        items = await request_images(request, state.config.http.max_queue)  # `files` documents the parts
         tensors = await decode(state, items)
         rows = await infer(state, tensors)
         preds = state.predictor.predictions([name for name, _ in items], np.stack(rows), with_logits=logits)

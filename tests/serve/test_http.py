@@ -106,6 +106,13 @@ def test_bad_requests_get_clear_json_errors(serve, tiny_bundle, images):
     body = error(client.post("/predict", files=mixed), 400)
     assert body.error == "bad_image" and [(i.index, i.source) for i in body.items] == [(1, "notes.txt")]
     assert error(client.post("/predict", data={"comment": "no files"}), 400).error == "no_images"
+    named = [(name, (f"{name}.png", images[0], "image/png")) for name in ("file", "image")]  # any field name
+    assert [
+        p.source for p in PredictResponse.model_validate(client.post("/predict", files=named).json()).predictions
+    ] == [
+        "file.png",
+        "image.png",
+    ]
     urlencoded = {"content-type": "application/x-www-form-urlencoded"}  # what curl --data-binary sends
     as_form = error(client.post("/predict", content=images[0], headers=urlencoded), 400)
     assert as_form.error == "no_images" and "Content-Type: image/jpeg" in as_form.message
