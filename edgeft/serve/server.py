@@ -117,8 +117,8 @@ def read_timeout_protocol(read_timeout_s: float) -> type:
             if self.transport.is_closing() or not self._reading():
                 return
             log.warning("closed a connection that sent no complete request within %.0f s", read_timeout_s)
-            if self.cycle is None or self.cycle.response_complete:
-                self.transport.write(TIMEOUT_RESPONSE)
+            if self.cycle is None or self.cycle.response_complete or not self.cycle.response_started:
+                self.transport.write(TIMEOUT_RESPONSE)  # half-sent headers, or a body the app still waits for
             with contextlib.suppress(h11.LocalProtocolError):
                 self.conn.send(h11.ConnectionClosed())
             self.transport.close()

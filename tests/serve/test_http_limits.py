@@ -141,23 +141,22 @@ def _read_all(sock: socket.socket, timeout: float) -> bytes:
 
 
 @pytest.mark.parametrize(
-    ("sent", "expect_408"),
+    "sent",
     [
-        (b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Ty", True),  # headers never finish
-        (b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 5000\r\n\r\nabc", False),
-        (b"", True),  # connects and says nothing
+        b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Ty",  # headers never finish
+        b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 5000\r\n\r\nabc",
+        b"",  # connects and says nothing
     ],
     ids=["half-sent-headers", "half-sent-body", "silent"],
 )
-def test_slow_clients_are_cut_off_after_the_read_timeout(serve, tiny_bundle, sent, expect_408):
+def test_slow_clients_get_408_after_the_read_timeout(serve, tiny_bundle, sent):
     srv, client, _ = serve(tiny_bundle, model={"backend": "onnxruntime"}, http={"read_timeout_s": 0.5})
     with socket.create_connection((srv.host, srv.port)) as sock:
         sock.sendall(sent)
         t0 = time.monotonic()
         answer = _read_all(sock, timeout=5.0)
         assert time.monotonic() - t0 < 4.0, "the server closed the connection"
-    if expect_408:
-        assert answer.startswith(b"HTTP/1.1 408") and b'"error":"timeout"' in answer
+    assert answer.startswith(b"HTTP/1.1 408") and b'"error":"timeout"' in answer
     assert client.get("/health").status_code == 200, "the server keeps serving"
 
 
