@@ -444,8 +444,7 @@ class _Guard:
                 await self._internal_error(send, exc)
         finally:
             endpoint = path if path in ENDPOINTS else "other"
-            self.state.metrics.requests.labels(endpoint, str(status)).inc()
-            self.state.metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
+            self.state.metrics.observe_request(endpoint, status, time.perf_counter() - t0)
 
     async def _internal_error(self, send: Callable, exc: Exception) -> None:
         self.state.metrics.errors.labels("internal").inc()

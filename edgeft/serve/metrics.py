@@ -75,6 +75,14 @@ class ServeMetrics:
         if monitor is not None:
             r.register(_ParityCollector(monitor))
         self._last = (time.perf_counter(), 0.0, self._buckets())
+        self._longest = 0.0  # the slowest /predict since the previous status line, in seconds
+
+    def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
+        """Count one answered (or abandoned) request and its latency."""
+        self.requests.labels(endpoint, str(status)).inc()
+        self.latency.labels(endpoint).observe(seconds)
+        if endpoint == PREDICT:
+            self._longest = max(self._longest, seconds)
 
     def watch_queue(self, depth: Callable[[], float]) -> None:
         """Read the queue depth from the batcher at scrape time."""
@@ -124,7 +132,11 @@ class ServeMetrics:
         self._last = (now, total, buckets)
         before = dict(buckets0)
         window = [(le, n - before.get(le, 0.0)) for le, n in buckets]
-        p50, p99 = histogram_quantile(0.5, window), histogram_quantile(0.99, window)
+        # a bucket estimate never reads above the slowest request it stands for
+        longest, self._longest = self._longest, 0.0
+        p50, p99 = (
+            None if v is None else min(v, longest) for v in (histogram_quantile(q, window) for q in (0.5, 0.99))
+        )
         parts = [
             f"http requests {total:.0f} (failed {failed:.0f})",
             f"rps {(total - total0) / max(now - t0, 1e-9):.1f}",

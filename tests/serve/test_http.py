@@ -5,6 +5,7 @@ Every test starts its own server, so no test depends on what another one did.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 
@@ -256,3 +257,14 @@ def test_http_with_openvino_on_uint8_images_batches_them_and_checks_parity(serve
         spec = tensors_in.spec
         x = np.stack([normalize(prepare_item(b, spec, fast=True, raw=True), spec) for b in images[:4]])
         np.testing.assert_allclose(served, tensors_in.infer(x), atol=1e-4)
+
+
+def test_the_status_line_percentiles_never_exceed_the_slowest_request():
+    from edgeft.serve.metrics import PREDICT, ServeMetrics
+
+    metrics = ServeMetrics({"name": "m"}, capacity=4)
+    for seconds in (0.01, 0.01, 0.01, 0.01, 2.0):
+        metrics.observe_request(PREDICT, 200, seconds)
+    p99 = re.search(r"p99 ([\d.]+) ms", metrics.status_line())
+    assert p99 is not None and float(p99.group(1)) == 2000.0  # the (1, 2.5] s bucket alone would read ~2,400
+    assert "p99 - ms" in metrics.status_line()  # nothing since the previous line
