@@ -4,6 +4,7 @@ and sources that never loop or repeat a file."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 import struct
@@ -195,3 +196,13 @@ def test_directory_and_glob_sources_never_loop_or_repeat_a_file(looped_tree):
     for source in (str(looped_tree), f"{looped_tree}/**/*.png"):
         src = open_source(source=source)
         assert len(src.files) == 2
+
+
+def test_a_folder_source_names_the_files_it_skips(tmp_path, caplog):
+    (tmp_path / "a.png").write_bytes(b"x")
+    (tmp_path / "readme.txt").write_text("notes")
+    (tmp_path / "clip.mp4").write_bytes(b"y")
+    (tmp_path / ".hidden").write_text("z")
+    with caplog.at_level(logging.WARNING, logger="edgeft.serve"):
+        assert list_images(tmp_path) == [tmp_path / "a.png"]
+    assert "skipped 2 file(s)" in caplog.text and "clip.mp4, readme.txt" in caplog.text and ".hidden" not in caplog.text

@@ -209,11 +209,19 @@ def walk_files(root: Path) -> Iterator[Path]:
 
 
 def list_images(directory: Path) -> list[Path]:
-    """Image files under a directory (recursively, each once), in sorted path order so runs are reproducible."""
-    return sorted(
-        (p for p in walk_files(directory) if p.suffix.lower() in IMAGE_EXTENSIONS),
-        key=lambda p: p.relative_to(directory).as_posix(),
-    )
+    """Image files under a directory (recursively, each once), in sorted path order so runs are reproducible.
+    Other files (not hidden) are skipped with one warning that counts them."""
+    images, others = [], []
+    for p in walk_files(directory):
+        if p.suffix.lower() in IMAGE_EXTENSIONS:
+            images.append(p)
+        elif not p.name.startswith("."):
+            others.append(p)
+    if others:
+        names = sorted(p.relative_to(directory).as_posix() for p in others)
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        log.warning("%s: skipped %d file(s) that are not images by their extension: %s", directory, len(names), shown)
+    return sorted(images, key=lambda p: p.relative_to(directory).as_posix())
 
 
 def glob_files(pattern: str) -> list[Path]:
