@@ -77,7 +77,8 @@ class TrainConfig:
             raise EdgeftError("--false-reject-rate must be in [0, 1)", fix="e.g. --false-reject-rate 0.05")
         ranges = [
             ("--batch-size", self.batch_size >= 1, "at least 1", "64"),
-            ("--lr", self.lr > 0 and self.finetune_lr > 0, "above 0", "3e-3"),
+            ("--lr", self.lr > 0, "above 0", "3e-3"),
+            ("finetune_lr", self.finetune_lr > 0, "above 0", "1e-4"),  # a library setting (no flag)
             ("--dropout", 0.0 <= self.dropout < 1.0, "in [0, 1)", "0.3"),
             ("--weight-decay", self.weight_decay >= 0, "0 or more", "1e-4"),
             ("--patience", self.patience >= 0, "0 or more", "8"),
