@@ -132,11 +132,13 @@ class ServeMetrics:
         self._last = (now, total, buckets)
         before = dict(buckets0)
         window = [(le, n - before.get(le, 0.0)) for le, n in buckets]
-        # a bucket estimate never reads above the slowest request it stands for
         longest, self._longest = self._longest, 0.0
-        p50, p99 = (
-            None if v is None else min(v, longest) for v in (histogram_quantile(q, window) for q in (0.5, 0.99))
-        )
+
+        def quantile(q: float) -> float | None:  # a bucket estimate, never above the slowest request it stands for
+            v = histogram_quantile(q, window)
+            return None if v is None else min(v, longest)
+
+        p50, p99 = quantile(0.5), quantile(0.99)
         parts = [
             f"http requests {total:.0f} (failed {failed:.0f})",
             f"rps {(total - total0) / max(now - t0, 1e-9):.1f}",
