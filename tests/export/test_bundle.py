@@ -357,3 +357,20 @@ def test_an_optional_format_that_fails_to_build_is_recorded_and_the_rest_ships(t
     assert [a.name for a in BundleManifest.load(tmp_path / "b").artifacts] == ["onnx-fp32"]
     (model,) = result.report.packages["triton"]
     assert re.fullmatch(r"tiny_[0-9a-f]{8}_onnx", model)
+
+
+@pytest.mark.slow
+def test_every_file_export_parity_and_bench_write_into_a_bundle_is_one_export_may_replace(tiny_bundle, copy_dir):
+    """BUNDLE_ENTRIES lists what edgeft writes at a bundle's top level; a name missing there would make the next
+    export refuse a bundle that holds only edgeft's own files."""
+    from edgeft.check.parity import run_parity
+    from edgeft.export.bundle import BUNDLE_ENTRIES
+    from edgeft.serve.bench import BenchSettings, run_bench
+
+    bdir = copy_dir(tiny_bundle, "used")
+    run_parity(bdir, backends=["onnx-fp32", "openvino-int8"])
+    run_parity(bdir, backends=["onnx-fp32"], fast_preprocess=True)
+    run_bench(bdir, BenchSettings(batches=[1], backends=["onnx-fp32"], seconds=0.05, warmup=0, min_iters=1, rounds=1))
+    names = sorted(p.name for p in bdir.iterdir())
+    assert {"parity.json", "parity.fast.json", "bench.json", "tradeoff.json", "openvino"} <= set(names), names
+    assert [n for n in names if not BUNDLE_ENTRIES.fullmatch(n)] == []
